@@ -1,0 +1,193 @@
+//! The wire model: what the YAML file (and later the admin API) says, before validation.
+//! Unknown keys are errors. Values that need checking (addresses, durations, enums) are kept as
+//! strings here so that validation can name the field that is wrong.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Plain HTTP proxy listener, default `127.0.0.1:8080`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// TLS proxy listener (certificates per route, chosen by SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<String>,
+    /// Admin listener: health, readiness, metrics, reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+    /// Metrics settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+    /// Whether to write a JSON access log line per request on stdout (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
+    /// Graceful shutdown timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<ShutdownSpec>,
+    /// Upstream connection settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
+    /// Request limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    /// Runtime shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
+    /// Unix socket through which `serve --upgrade` takes over the listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<String>,
+    /// The tenants and their routes.
+    #[serde(default)]
+    pub tenants: Vec<TenantSpec>,
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Admin listener address, e.g. `127.0.0.1:9000`.
+    pub listen: String,
+}
+
+/// `metrics:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Tenants that get their own `tenant` label (default 1000); the rest share `_other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tenants: Option<usize>,
+}
+
+/// `shutdown:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSpec {
+    /// How long listeners keep accepting after SIGTERM while `/readyz` says 503 (default `2s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+    /// How long in-flight requests may take to finish after that (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+}
+
+/// `upstream:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// TCP connect timeout (default `2s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    /// How long an idle pooled connection is kept (default `90s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Idle keep-alive connections kept per backend (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_backend: Option<usize>,
+}
+
+/// `limits:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Largest accepted request header section in bytes (default 32768); larger gets 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+}
+
+/// `runtime:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Proxy worker threads (default: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Slug `[a-z0-9-]{1,63}`.
+    pub id: String,
+    /// Plan name (default `free`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The tenant's routes.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Slug, unique within the tenant.
+    pub id: String,
+    /// `acme.example.com` or `*.acme.example.com`.
+    pub host: String,
+    /// Path prefix (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `round_robin` (default), `weighted_round_robin`, `least_conn` or `ip_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Certificate for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Active health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Backends (at least one).
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+/// `tls:` of a route; relative paths are relative to the config file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+}
+
+/// `health_check:` of a route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Path (default `/healthz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+}
+
+/// One backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// `ip:port`.
+    pub address: String,
+    /// Weight (default 1, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// `active` (default) or `drain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}

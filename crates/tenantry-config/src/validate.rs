@@ -1,0 +1,380 @@
+//! Spec → validated configuration. Every error is collected with its field path, so
+//! `tenantry config check` can print them all at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tenantry_domain::{
+    Algorithm, Backend, BackendState, Conflict, HealthCheck, HostPattern, Route, RouteId,
+    Snapshot, Tenant, TenantId, TlsFiles,
+};
+
+use crate::{
+    ConfigErrors, GatewaySpec, HealthCheckSpec, RouteSpec, TenantSpec, parse_duration,
+};
+
+/// Process-level settings: listeners, timeouts, logging. Changing them needs a restart (or an
+/// `--upgrade`); routing changes do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Plain HTTP listener.
+    pub listen: SocketAddr,
+    /// TLS listener, if any.
+    pub tls_listen: Option<SocketAddr>,
+    /// Admin listener, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Tenants with their own metrics label.
+    pub metrics_max_tenants: usize,
+    /// JSON access log on stdout.
+    pub access_log: bool,
+    /// Accepting window after SIGTERM.
+    pub drain: Duration,
+    /// Time in-flight requests get to finish after the drain window.
+    pub grace: Duration,
+    /// Upstream client settings.
+    pub upstream: UpstreamSettings,
+    /// Largest request header section.
+    pub max_header_bytes: usize,
+    /// Proxy worker threads (`None`: one per core).
+    pub threads: Option<usize>,
+    /// Unix socket used for `serve --upgrade`.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per backend.
+    pub max_idle_per_backend: usize,
+}
+
+/// A validated configuration: server settings plus the routing snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Process-level settings.
+    pub server: ServerSettings,
+    /// Tenants and routes.
+    pub snapshot: Snapshot,
+}
+
+/// Parses YAML into the spec; syntax errors and unknown keys come back with their location.
+pub fn parse_yaml(text: &str) -> Result<GatewaySpec, ConfigErrors> {
+    serde_saphyr::from_str::<GatewaySpec>(text).map_err(|e| {
+        let mut errs = ConfigErrors(Vec::new());
+        errs.push("", e.to_string());
+        errs
+    })
+}
+
+/// Reads, parses and validates a config file. Relative TLS paths are resolved against the
+/// file's folder.
+pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errs = ConfigErrors(Vec::new());
+        errs.push("", format!("cannot read {}: {e}", path.display()));
+        errs
+    })?;
+    let spec = parse_yaml(&text)?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    validate(&spec, base)
+}
+
+/// Validates a spec. `base_dir` anchors relative file paths.
+pub fn validate(spec: &GatewaySpec, base_dir: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let mut errs = ConfigErrors(Vec::new());
+    let server = validate_server(spec, base_dir, &mut errs);
+    let mut tenants = Vec::with_capacity(spec.tenants.len());
+    let mut seen = HashSet::new();
+    for (i, t) in spec.tenants.iter().enumerate() {
+        let path = format!("tenants[{i}]");
+        if !seen.insert(t.id.as_str()) {
+            errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", t.id));
+            continue;
+        }
+        if let Some(tenant) = validate_tenant(t, &path, base_dir, &mut errs) {
+            tenants.push(tenant);
+        }
+    }
+    let snapshot = Snapshot::from_tenants(tenants);
+    for c in snapshot.conflicts() {
+        report_conflict(spec, &c, &mut errs);
+    }
+    match server {
+        Some(server) if errs.is_empty() => Ok(GatewayConfig { server, snapshot }),
+        _ => Err(errs),
+    }
+}
+
+fn report_conflict(spec: &GatewaySpec, c: &Conflict, errs: &mut ConfigErrors) {
+    let locate = |tenant: &TenantId, route: &RouteId| {
+        spec.tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.id == tenant.as_str())
+            .flat_map(|(ti, t)| {
+                t.routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.id == route.as_str())
+                    .map(move |(ri, _)| format!("tenants[{ti}].routes[{ri}]"))
+            })
+            .last()
+            .unwrap_or_default()
+    };
+    match c {
+        Conflict::HostOwnedByOtherTenant {
+            host,
+            owner,
+            claimant,
+            route,
+        } => errs.push(
+            format!("{}.host", locate(claimant, route)),
+            format!("host \"{host}\" already belongs to tenant \"{owner}\""),
+        ),
+        Conflict::DuplicateRoute {
+            tenant,
+            host,
+            path_prefix,
+            first,
+            second,
+        } => errs.push(
+            format!("{}.path_prefix", locate(tenant, second)),
+            format!("host \"{host}\" with path prefix {path_prefix:?} is already served by route \"{first}\""),
+        ),
+    }
+}
+
+fn addr(value: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                path,
+                format!("invalid socket address {value:?} (expected ip:port, e.g. 127.0.0.1:8080)"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(value: Option<&str>, default: Duration, path: &str, errs: &mut ConfigErrors) -> Duration {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errs.push(path, e);
+            default
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn validate_server(spec: &GatewaySpec, base: &Path, errs: &mut ConfigErrors) -> Option<ServerSettings> {
+    let before = errs.0.len();
+    let listen = addr(spec.listen.as_deref().unwrap_or("127.0.0.1:8080"), "listen", errs);
+    let tls_listen = spec.tls_listen.as_deref().and_then(|a| addr(a, "tls_listen", errs));
+    let admin_listen = spec
+        .admin
+        .as_ref()
+        .and_then(|a| addr(&a.listen, "admin.listen", errs));
+    let metrics_max_tenants = spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m.max_tenants)
+        .unwrap_or(1000);
+    let sd = spec.shutdown.clone().unwrap_or_default();
+    let drain = duration(sd.drain.as_deref(), Duration::from_secs(2), "shutdown.drain", errs);
+    let grace = duration(sd.grace.as_deref(), Duration::from_secs(30), "shutdown.grace", errs);
+    let up = spec.upstream.clone().unwrap_or_default();
+    let connect_timeout = duration(
+        up.connect_timeout.as_deref(),
+        Duration::from_secs(2),
+        "upstream.connect_timeout",
+        errs,
+    );
+    if connect_timeout.is_zero() {
+        errs.push("upstream.connect_timeout", "must be greater than 0");
+    }
+    let idle_timeout = duration(
+        up.idle_timeout.as_deref(),
+        Duration::from_secs(90),
+        "upstream.idle_timeout",
+        errs,
+    );
+    let max_header_bytes = spec
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_header_bytes)
+        .unwrap_or(32 * 1024);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        errs.push("limits.max_header_bytes", "must be between 8192 and 1048576");
+    }
+    let threads = spec.runtime.as_ref().and_then(|r| r.threads);
+    if threads == Some(0) {
+        errs.push("runtime.threads", "must be at least 1");
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(ServerSettings {
+        listen: listen?,
+        tls_listen,
+        admin_listen,
+        metrics_max_tenants,
+        access_log: spec.access_log.unwrap_or(true),
+        drain,
+        grace,
+        upstream: super::UpstreamSettings {
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_backend: up.max_idle_per_backend.unwrap_or(512),
+        },
+        max_header_bytes,
+        threads,
+        upgrade_socket: spec.upgrade_socket.as_deref().map(|p| resolve(base, p)),
+    })
+}
+
+/// Returns the tenant with its valid routes whenever its id is valid, so that later checks
+/// (duplicates, host conflicts) still see it; the caller fails if any error was recorded.
+fn validate_tenant(t: &TenantSpec, path: &str, base: &Path, errs: &mut ConfigErrors) -> Option<Tenant> {
+    let id = match TenantId::parse(&t.id) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            errs.push(format!("{path}.id"), format!("invalid tenant id {:?}: {e}", t.id));
+            None
+        }
+    };
+    let plan = t.plan.clone().unwrap_or_else(|| "free".to_owned());
+    if plan.is_empty() {
+        errs.push(format!("{path}.plan"), "must not be empty");
+    }
+    let mut routes = Vec::with_capacity(t.routes.len());
+    let mut route_ids = HashSet::new();
+    for (i, r) in t.routes.iter().enumerate() {
+        let rpath = format!("{path}.routes[{i}]");
+        if !route_ids.insert(r.id.as_str()) {
+            errs.push(format!("{rpath}.id"), format!("duplicate route id {:?} in this tenant", r.id));
+            continue;
+        }
+        if let Some(route) = validate_route(r, &rpath, base, errs) {
+            routes.push(route);
+        }
+    }
+    Some(Tenant { id: id?, plan, routes })
+}
+
+fn validate_route(r: &RouteSpec, path: &str, base: &Path, errs: &mut ConfigErrors) -> Option<Route> {
+    let before = errs.0.len();
+    let id = RouteId::parse(&r.id)
+        .map_err(|e| errs.push(format!("{path}.id"), format!("invalid route id {:?}: {e}", r.id)))
+        .ok();
+    let host = HostPattern::parse(&r.host)
+        .map_err(|e| errs.push(format!("{path}.host"), format!("invalid host {:?}: {e}", r.host)))
+        .ok();
+    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+    if !path_prefix.starts_with('/') {
+        errs.push(format!("{path}.path_prefix"), format!("must start with '/', got {path_prefix:?}"));
+    } else if path_prefix.contains(['?', '#', ' ']) {
+        errs.push(format!("{path}.path_prefix"), format!("must be a plain path, got {path_prefix:?}"));
+    }
+    let algorithm = match r.algorithm.as_deref() {
+        None => Algorithm::RoundRobin,
+        Some(name) => match Algorithm::ALL.iter().find(|(_, n)| *n == name) {
+            Some((a, _)) => *a,
+            None => {
+                errs.push(
+                    format!("{path}.algorithm"),
+                    format!("unknown algorithm {name:?} (expected round_robin, weighted_round_robin, least_conn or ip_hash)"),
+                );
+                Algorithm::RoundRobin
+            }
+        },
+    };
+    let tls = r.tls.as_ref().map(|t| {
+        if t.cert.is_empty() {
+            errs.push(format!("{path}.tls.cert"), "must not be empty");
+        }
+        if t.key.is_empty() {
+            errs.push(format!("{path}.tls.key"), "must not be empty");
+        }
+        TlsFiles { cert: resolve(base, &t.cert), key: resolve(base, &t.key) }
+    });
+    let health_check = r
+        .health_check
+        .as_ref()
+        .map(|h| validate_health(h, &format!("{path}.health_check"), errs));
+    if r.backends.is_empty() {
+        errs.push(format!("{path}.backends"), "at least one backend is required");
+    }
+    let mut backends = Vec::with_capacity(r.backends.len());
+    let mut addrs = HashSet::new();
+    for (i, b) in r.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let address = addr(&b.address, &format!("{bpath}.address"), errs);
+        if let Some(a) = address {
+            if !addrs.insert(a) {
+                errs.push(format!("{bpath}.address"), format!("duplicate backend {a} in this route"));
+            }
+        }
+        let weight = b.weight.unwrap_or(1);
+        if weight == 0 || weight > 1000 {
+            errs.push(format!("{bpath}.weight"), format!("must be between 1 and 1000, got {weight}"));
+        }
+        let state = match b.state.as_deref() {
+            None | Some("active") => BackendState::Active,
+            Some("drain") => BackendState::Drain,
+            Some(other) => {
+                errs.push(format!("{bpath}.state"), format!("unknown state {other:?} (expected active or drain)"));
+                BackendState::Active
+            }
+        };
+        if let Some(address) = address {
+            backends.push(Backend { address, weight, state });
+        }
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Route { id: id?, host: host?, path_prefix, algorithm, tls, health_check, backends })
+}
+
+fn validate_health(h: &HealthCheckSpec, path: &str, errs: &mut ConfigErrors) -> HealthCheck {
+    let hc_path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+    if !hc_path.starts_with('/') {
+        errs.push(format!("{path}.path"), format!("must start with '/', got {hc_path:?}"));
+    }
+    let interval = duration(h.interval.as_deref(), Duration::from_secs(5), &format!("{path}.interval"), errs);
+    let timeout = duration(h.timeout.as_deref(), Duration::from_secs(1), &format!("{path}.timeout"), errs);
+    if interval < Duration::from_millis(50) {
+        errs.push(format!("{path}.interval"), "must be at least 50ms");
+    }
+    if timeout.is_zero() {
+        errs.push(format!("{path}.timeout"), "must be greater than 0");
+    }
+    let healthy_threshold = h.healthy_threshold.unwrap_or(2);
+    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(3);
+    for (name, v) in [("healthy_threshold", healthy_threshold), ("unhealthy_threshold", unhealthy_threshold)] {
+        if !(1..=100).contains(&v) {
+            errs.push(format!("{path}.{name}"), format!("must be between 1 and 100, got {v}"));
+        }
+    }
+    let expect_status = h.expect_status.unwrap_or(200);
+    if !(100..=599).contains(&expect_status) {
+        errs.push(format!("{path}.expect_status"), format!("must be an HTTP status (100-599), got {expect_status}"));
+    }
+    HealthCheck { path: hc_path, interval, timeout, healthy_threshold, unhealthy_threshold, expect_status }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! Data-driven checks of validation messages.
+
+use super::*;
+
+fn check(yaml: &str, expect: &[&str]) {
+    let result = parse_yaml(yaml).and_then(|s| validate(&s, Path::new("/etc/tenantry")));
+    let got: Vec<String> = match result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(got, expect, "yaml:\n{yaml}");
+}
+
+const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+tls_listen: 127.0.0.1:8443
+admin: { listen: 127.0.0.1:9000 }
+tenants:
+  - id: acme
+    plan: pro
+    routes:
+      - id: web
+        host: acme.localhost
+        path_prefix: /
+        algorithm: least_conn
+        tls: { cert: certs/acme.pem, key: certs/acme.key }
+        health_check: { path: /healthz, interval: 1s, timeout: 500ms,
+                        healthy_threshold: 2, unhealthy_threshold: 2, expect_status: 200 }
+        backends:
+          - { address: 127.0.0.1:18001, weight: 3 }
+          - { address: 127.0.0.1:18002, weight: 1, state: drain }
+"#;
+
+#[test]
+fn accepts_the_documented_example() {
+    check(GOOD, &[]);
+    let cfg = validate(&parse_yaml(GOOD).unwrap(), Path::new("/etc/tenantry")).unwrap();
+    let t = cfg.snapshot.tenants().next().unwrap();
+    let r = &t.routes[0];
+    assert_eq!(r.algorithm, Algorithm::LeastConn);
+    assert_eq!(r.tls.as_ref().unwrap().cert, PathBuf::from("/etc/tenantry/certs/acme.pem"));
+    assert_eq!(r.health_check.as_ref().unwrap().timeout, Duration::from_millis(500));
+    assert_eq!(r.backends[1].state, BackendState::Drain);
+    assert_eq!(cfg.server.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
+}
+
+#[test]
+fn reports_every_error_with_its_path() {
+    check(
+        r#"
+listen: "nope"
+tenants:
+  - id: acme
+    routes:
+      - id: web
+        host: acme.localhost
+        backends: [ { address: 127.0.0.1:1 } ]
+  - id: Bad_Id
+    routes:
+      - id: web
+        host: "a..b"
+        algorithm: random
+        health_check: { interval: 5x }
+        backends:
+          - { address: 127.0.0.1:1 }
+          - { address: 127.0.0.1:2, weight: 0 }
+          - { address: "127.0.0.1:" }
+          - { address: 127.0.0.1:3, state: paused }
+      - id: empty
+        host: x.localhost
+"#,
+        &[
+            r#"listen: invalid socket address "nope" (expected ip:port, e.g. 127.0.0.1:8080)"#,
+            r#"tenants[1].id: invalid tenant id "Bad_Id": invalid character 'B': only lowercase letters, digits and '-' are allowed"#,
+            r#"tenants[1].routes[0].host: invalid host "a..b": invalid label "": labels are 1 to 63 characters"#,
+            r#"tenants[1].routes[0].algorithm: unknown algorithm "random" (expected round_robin, weighted_round_robin, least_conn or ip_hash)"#,
+            r#"tenants[1].routes[0].health_check.interval: invalid duration "5x": unknown unit "x" (use ms, s, m or h)"#,
+            r#"tenants[1].routes[0].backends[1].weight: must be between 1 and 1000, got 0"#,
+            r#"tenants[1].routes[0].backends[2].address: invalid socket address "127.0.0.1:" (expected ip:port, e.g. 127.0.0.1:8080)"#,
+            r#"tenants[1].routes[0].backends[3].state: unknown state "paused" (expected active or drain)"#,
+            r#"tenants[1].routes[1].backends: at least one backend is required"#,
+        ],
+    );
+}
+
+#[test]
+fn rejects_hosts_that_cross_tenants_and_duplicates() {
+    check(
+        r#"
+tenants:
+  - id: a
+    routes:
+      - { id: web, host: shared.localhost, backends: [ { address: 127.0.0.1:1 } ] }
+      - { id: web, host: other.localhost, backends: [ { address: 127.0.0.1:1 } ] }
+  - id: b
+    routes:
+      - { id: steal, host: Shared.localhost, backends: [ { address: 127.0.0.1:1 } ] }
+  - id: a
+"#,
+        &[
+            r#"tenants[0].routes[1].id: duplicate route id "web" in this tenant"#,
+            r#"tenants[2].id: duplicate tenant id "a""#,
+            r#"tenants[1].routes[0].host: host "shared.localhost" already belongs to tenant "a""#,
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let err = parse_yaml("listen: 127.0.0.1:1\nlisen: x\n").unwrap_err().to_string();
+    assert!(err.contains("lisen"), "{err}");
+    let err = parse_yaml("tenants:\n  - id: a\n    routes:\n      - id: r\n        host: h\n        backend: []\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("backend"), "{err}");
+}

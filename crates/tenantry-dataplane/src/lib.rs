@@ -1,0 +1,1 @@
+//! Tenantry proxy core.

@@ -1,0 +1,153 @@
+//! Tenants, their routes and the backends behind them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{HostPattern, RouteId, TenantId};
+
+/// How a route picks a backend for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Each eligible backend in turn.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm): proportional to weights, interleaved.
+    WeightedRoundRobin,
+    /// The backend with the fewest requests in flight.
+    LeastConn,
+    /// Consistent hashing of the client address: a client sticks to its backend, and adding a
+    /// backend moves only about 1/n of the clients.
+    IpHash,
+}
+
+impl Algorithm {
+    /// All algorithms with their configuration names.
+    pub const ALL: [(Algorithm, &'static str); 4] = [
+        (Algorithm::RoundRobin, "round_robin"),
+        (Algorithm::WeightedRoundRobin, "weighted_round_robin"),
+        (Algorithm::LeastConn, "least_conn"),
+        (Algorithm::IpHash, "ip_hash"),
+    ];
+
+    /// The configuration name, e.g. `least_conn`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::IpHash => "ip_hash",
+        }
+    }
+}
+
+/// Whether a backend takes new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendState {
+    /// Takes new requests while healthy.
+    #[default]
+    Active,
+    /// Takes no new requests; requests in flight finish.
+    Drain,
+}
+
+/// One upstream server of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Where the backend listens.
+    pub address: SocketAddr,
+    /// Relative weight for `weighted_round_robin` (and `ip_hash`), at least 1.
+    pub weight: u32,
+    /// Active or draining.
+    pub state: BackendState,
+}
+
+/// Active health-check settings of a route, applied to each of its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// Path requested with `GET`.
+    pub path: String,
+    /// Time between two checks of one backend.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures (active checks, or passive connect errors/5xx) that take a backend down.
+    pub unhealthy_threshold: u32,
+    /// The status a healthy backend answers.
+    pub expect_status: u16,
+}
+
+/// Certificate and key files for a route's host (served by SNI on the TLS listener).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A route: which requests (host + path prefix) go to which backends, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Unique within the tenant.
+    pub id: RouteId,
+    /// The host this route answers for.
+    pub host: HostPattern,
+    /// Path prefix, starting with `/`; the longest matching prefix wins among a host's routes.
+    pub path_prefix: String,
+    /// Backend selection.
+    pub algorithm: Algorithm,
+    /// Certificate for the host, if served over TLS.
+    pub tls: Option<TlsFiles>,
+    /// Active health checks, if any.
+    pub health_check: Option<HealthCheck>,
+    /// At least one backend.
+    pub backends: Vec<Backend>,
+}
+
+impl Route {
+    /// Whether a request path falls under this route's prefix (segment-aware: `/api` matches
+    /// `/api` and `/api/x`, not `/apix`).
+    pub fn matches_path(&self, path: &str) -> bool {
+        prefix_matches(&self.path_prefix, path)
+    }
+}
+
+/// Segment-aware prefix match used by routing.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// A tenant as the data plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tenant {
+    /// The tenant's slug.
+    pub id: TenantId,
+    /// The plan name (limits come from it in later layers).
+    pub plan: String,
+    /// The tenant's routes.
+    pub routes: Vec<Route>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+}

@@ -1,0 +1,2 @@
+//! The tenantry binary.
+fn main() {}
