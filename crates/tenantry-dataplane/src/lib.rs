@@ -1,1 +1,23 @@
-//! Tenantry proxy core.
+//! Tenantry's data plane: a reverse proxy on hyper that serves many tenants on their own
+//! hosts. See `docs/request-lifecycle.md` for the phases a request goes through.
+//!
+//! Entry points: [`Gateway`] (shared state, reload), [`server::serve`] (listeners and
+//! connections), [`upgrade`] (socket handover), [`demo`] (sample backends).
+
+pub mod accesslog;
+pub mod body;
+pub mod demo;
+pub mod errors;
+pub mod gateway;
+pub mod health;
+pub mod lb;
+pub mod metrics;
+pub mod proxy;
+pub mod reqid;
+pub mod server;
+pub mod table;
+pub mod tls;
+pub mod upgrade;
+
+pub use gateway::{Gateway, ReloadError, ReloadReport};
+pub use server::{Listeners, StopMode, Stopper, serve, stopper};

@@ -1,2 +1,18 @@
-//! The tenantry binary.
-fn main() {}
+//! The `tenantry` binary: command line, runtime and wiring. Everything else lives in the
+//! library crates.
+
+mod cli;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Config { command: cli::ConfigCommand::Check { file } } => serve::check(&file),
+        cli::Command::DemoBackends(args) => serve::demo_backends(args),
+    }
+}

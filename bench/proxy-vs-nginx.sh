@@ -1,0 +1,509 @@
+#!/usr/bin/env bash
+# Tenantry vs nginx vs HAProxy: one proxy worker each, same two nginx backends, same wrk load.
+#
+#   bash bench/proxy-vs-nginx.sh                       # full run (builds tenantry if missing)
+#   DURATION=3s RUNS=1 SKIP_TENANTRY=1 bash bench/proxy-vs-nginx.sh
+#
+# Layout (2 cores needed): the proxy under test runs alone on core PROXY_CPU (0); the backend
+# nginx (one worker, two server blocks on 127.0.0.1:18001/18002 answering 200 "b1\n"/"b2\n")
+# and wrk (-t1) share core LOAD_CPU (1). Every proxy routes Host acme.localhost round robin
+# to both backends over keep-alive upstream connections. Only 127.0.0.1 is ever used.
+#
+# Proxies (PROXIES, space separated, run in this order):
+#   nginx           worker_processes 1, access_log /dev/null (combined format, one write/request)
+#   nginx-nolog     same, access_log off
+#   haproxy         nbthread 1, http-reuse always, "log stdout format raw" + option httplog,
+#                   stdout redirected to /dev/null
+#   haproxy-nolog   same without any log
+#   tenantry        runtime.threads 1, access_log: true, stdout (the JSON access log) > /dev/null
+#   tenantry-nolog  same with access_log: false
+# Ratios are against "nginx" for logging variants and against "nginx-nolog" for -nolog ones
+# (falling back to "nginx" when the like-for-like baseline was not run).
+#
+# Knobs (environment):
+#   DURATION=10s RUNS=3 CONNS=64 WARMUP=2s   wrk duration, measured runs per proxy, connections
+#   PROXIES="nginx nginx-nolog haproxy haproxy-nolog tenantry tenantry-nolog"
+#   SKIP_TENANTRY=1        drop the tenantry variants (e.g. while it does not build)
+#   TENANTRY_BIN=path      default target/release/tenantry, built with
+#                          `cargo build --release -p tenantry` if missing
+#   NGINX_BIN, HAPROXY_BIN, WRK_BIN   default: PATH, then /usr/sbin, /usr/local/sbin
+#   PROXY_CPU=0 LOAD_CPU=1 cores for the proxy and for backends+wrk
+#   BACKEND_PORT1=18001 BACKEND_PORT2=18002 PORT_BASE=28080 (proxies listen on PORT_BASE+1..)
+#   PROFILE=1              one extra run of PROFILE_PROXY (default tenantry) under
+#                          `perf record -F 499 --call-graph $PERF_CALLGRAPH` (default dwarf; -g
+#                          frame-pointer stacks are mostly useless for Rust release builds);
+#                          reports land in OUT_DIR/perf-report*.txt
+#   OUT_DIR=dir            where configs, logs and raw wrk output go (default: new
+#                          /tmp/tenantry-bench.XXXXXX, kept after the run)
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=${DURATION:-10s}
+RUNS=${RUNS:-3}
+CONNS=${CONNS:-64}
+WARMUP=${WARMUP:-2s}
+SKIP_TENANTRY=${SKIP_TENANTRY:-0}
+PROXIES=${PROXIES:-nginx nginx-nolog haproxy haproxy-nolog tenantry tenantry-nolog}
+PROFILE=${PROFILE:-0}
+PROFILE_PROXY=${PROFILE_PROXY:-tenantry}
+PERF_CALLGRAPH=${PERF_CALLGRAPH:-dwarf}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BACKEND_PORT1=${BACKEND_PORT1:-18001}
+BACKEND_PORT2=${BACKEND_PORT2:-18002}
+PORT_BASE=${PORT_BASE:-28080}
+HOST_HEADER=acme.localhost
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer, got '$CONNS'"
+for v in DURATION WARMUP; do
+    [[ ${!v} =~ ^[0-9]+(ms|s|m|h)?$ ]] || die "$v must look like 10s, got '${!v}'"
+done
+
+# ---- proxy list -----------------------------------------------------------------------
+declare -A PORT=(
+    [nginx]=$((PORT_BASE + 1)) [nginx-nolog]=$((PORT_BASE + 2))
+    [haproxy]=$((PORT_BASE + 3)) [haproxy-nolog]=$((PORT_BASE + 4))
+    [tenantry]=$((PORT_BASE + 5)) [tenantry-nolog]=$((PORT_BASE + 6))
+)
+declare -a LIST=()
+for p in $PROXIES; do
+    [[ -n ${PORT[$p]:-} ]] || die "unknown proxy '$p' in PROXIES (known: ${!PORT[*]})"
+    if [[ $p == tenantry* && $SKIP_TENANTRY == 1 ]]; then
+        continue
+    fi
+    LIST+=("$p")
+done
+((${#LIST[@]})) || die "nothing to benchmark (PROXIES='$PROXIES', SKIP_TENANTRY=$SKIP_TENANTRY)"
+has() {
+    local x
+    for x in "${LIST[@]}"; do [[ $x == "$1"* ]] && return 0; done
+    return 1
+}
+
+# ---- tools ----------------------------------------------------------------------------
+NCPU=$(nproc)
+((PROXY_CPU < NCPU && LOAD_CPU < NCPU)) || die "need cores $PROXY_CPU and $LOAD_CPU, this machine has $NCPU"
+((PROXY_CPU != LOAD_CPU)) || warn "PROXY_CPU == LOAD_CPU: proxy and load generator share a core"
+command -v taskset >/dev/null || die "taskset not found (apt-get install -y util-linux)"
+command -v curl >/dev/null || die "curl not found"
+NGINX=$(find_bin nginx "${NGINX_BIN:-}") || die "nginx not found (apt-get install -y nginx-light) or set NGINX_BIN"
+WRK=$(find_bin wrk "${WRK_BIN:-}") || die "wrk not found (apt-get install -y wrk) or set WRK_BIN"
+HAPROXY=
+if has haproxy; then
+    HAPROXY=$(find_bin haproxy "${HAPROXY_BIN:-}") || die "haproxy not found (apt-get install -y haproxy) or set HAPROXY_BIN"
+fi
+if has tenantry; then
+    ensure_tenantry
+fi
+PERF=
+if [[ $PROFILE == 1 ]]; then
+    PERF=$(find_bin perf "${PERF_BIN:-}") || die "PROFILE=1 needs perf (apt-get install -y linux-perf)"
+fi
+
+ports=("$BACKEND_PORT1" "$BACKEND_PORT2")
+for p in "${LIST[@]}"; do
+    ports+=("${PORT[$p]}")
+    [[ $p == tenantry* ]] && ports+=($((PORT[$p] + 10)))
+done
+require_free_port "${ports[@]}"
+
+OUT=${OUT_DIR:-$(mktemp -d /tmp/tenantry-bench.XXXXXX)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+chmod 755 "$OUT" # nginx workers run as nobody when started by root
+
+trap cleanup_bg EXIT
+trap 'exit 130' INT TERM
+
+log "proxy-vs-nginx: output in $OUT"
+log "host: $(uname -sr), $NCPU cpus ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
+log "nginx: $NGINX ($("$NGINX" -v 2>&1 | sed 's/^nginx version: //'))"
+[[ -n $HAPROXY ]] && log "haproxy: $HAPROXY ($("$HAPROXY" -v 2>&1 | awk 'NR == 1 {print $3}'))"
+log "wrk: $WRK ($("$WRK" -v 2>&1 | awk 'NR == 1 {print $2}'))"
+log "knobs: DURATION=$DURATION RUNS=$RUNS CONNS=$CONNS WARMUP=$WARMUP PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU proxies: ${LIST[*]}"
+
+# ---- configs --------------------------------------------------------------------------
+# stub_status on backend 1 counts the connections the proxies open to the backends
+HAVE_STUB_STATUS=0
+[[ $("$NGINX" -V 2>&1) == *--with-http_stub_status_module* ]] && HAVE_STUB_STATUS=1
+STATUS_URL=http://127.0.0.1:$BACKEND_PORT1/__backend_status
+backend_status_location() {
+    ((HAVE_STUB_STATUS)) && printf '        location = /__backend_status { stub_status; }\n'
+    return 0
+}
+# connections accepted by the backend nginx so far (both ports, our status probes included)
+backend_accepts() {
+    if ((HAVE_STUB_STATUS)); then
+        local s
+        s=$(curl -s --max-time 2 "$STATUS_URL") || s=
+        awk 'NR == 3 {print $1 + 0; ok = 1} END {if (!ok) print 0}' <<<"$s"
+    else
+        echo 0
+    fi
+}
+
+write_backend_conf() {
+    local dir=$OUT/backends
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+# backends: one nginx worker, two server blocks with a fixed tiny body
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 10000;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+$(nginx_temp_paths "$dir" "$NGINX")
+    server {
+        listen 127.0.0.1:$BACKEND_PORT1 backlog=4096;
+        location / { return 200 "b1\n"; }
+$(backend_status_location)
+    }
+    server { listen 127.0.0.1:$BACKEND_PORT2 backlog=4096; location / { return 200 "b2\n"; } }
+}
+EOF
+}
+
+write_nginx_conf() { # NAME PORT ACCESS_LOG_DIRECTIVE
+    local name=$1 port=$2 alog=$3 dir=$OUT/$1
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+# $name: one worker, keep-alive upstream, round robin
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 10000;
+events { worker_connections 4096; }
+http {
+    $alog
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+$(nginx_temp_paths "$dir" "$NGINX")
+    upstream acme {
+        server 127.0.0.1:$BACKEND_PORT1;
+        server 127.0.0.1:$BACKEND_PORT2;
+        keepalive 128;
+        keepalive_requests 100000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port default_server backlog=4096;
+        return 404;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        server_name $HOST_HEADER;
+        location / {
+            proxy_pass http://acme;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+write_haproxy_conf() { # NAME PORT LOG(0|1)
+    local name=$1 port=$2 withlog=$3 dir=$OUT/$1 glog="" dlog=""
+    mkdir -p "$dir"
+    if ((withlog)); then
+        glog="    log stdout format raw local0 info"
+        dlog=$'    log global\n    option httplog'
+    fi
+    cat >"$dir/haproxy.cfg" <<EOF
+# $name: one thread, keep-alive both sides, server connection reuse, round robin
+global
+    nbthread 1
+    maxconn 4096
+$glog
+
+defaults
+    mode http
+$dlog
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 300s
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:$port
+    acl is_acme req.hdr(host),field(1,:) -i $HOST_HEADER
+    http-request deny deny_status 404 unless is_acme
+    default_backend acme
+
+backend acme
+    balance roundrobin
+    server b1 127.0.0.1:$BACKEND_PORT1
+    server b2 127.0.0.1:$BACKEND_PORT2
+EOF
+}
+
+write_tenantry_conf() { # NAME PORT ACCESS_LOG(true|false)
+    local name=$1 port=$2 alog=$3 dir=$OUT/$1
+    mkdir -p "$dir"
+    cat >"$dir/tenantry.yaml" <<EOF
+# $name: one runtime worker thread, access_log $alog (stdout goes to /dev/null)
+listen: 127.0.0.1:$port
+admin: { listen: 127.0.0.1:$((port + 10)) }
+access_log: $alog
+runtime: { threads: 1 }
+metrics: { max_tenants: 1000 }
+tenants:
+  - id: acme
+    plan: pro
+    routes:
+      - id: web
+        host: $HOST_HEADER
+        path_prefix: /
+        algorithm: round_robin
+        backends:
+          - { address: 127.0.0.1:$BACKEND_PORT1 }
+          - { address: 127.0.0.1:$BACKEND_PORT2 }
+EOF
+}
+
+# start_proxy NAME: writes the config, starts the proxy pinned to PROXY_CPU; sets PROXY_PID
+start_proxy() {
+    local name=$1 port=${PORT[$1]} dir=$OUT/$1 out=/dev/null
+    case $name in
+    nginx | nginx-nolog)
+        if [[ $name == nginx ]]; then
+            write_nginx_conf "$name" "$port" "access_log /dev/null combined;"
+        else
+            write_nginx_conf "$name" "$port" "access_log off;"
+        fi
+        nginx_cmd "$NGINX" "$dir" "$dir/nginx.conf"
+        "${NGINX_CMD[@]}" -t -q >"$dir/configtest.log" 2>&1 || {
+            cat "$dir/configtest.log" >&2
+            die "nginx rejected $dir/nginx.conf"
+        }
+        start_bg "$out" "$dir/stderr.log" taskset -c "$PROXY_CPU" "${NGINX_CMD[@]}"
+        ;;
+    haproxy | haproxy-nolog)
+        write_haproxy_conf "$name" "$port" "$([[ $name == haproxy ]] && echo 1 || echo 0)"
+        "$HAPROXY" -c -q -f "$dir/haproxy.cfg" >"$dir/configtest.log" 2>&1 || {
+            cat "$dir/configtest.log" >&2
+            die "haproxy rejected $dir/haproxy.cfg"
+        }
+        # -db: foreground, no master-worker: a single process with one thread
+        start_bg "$out" "$dir/stderr.log" taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$dir/haproxy.cfg"
+        ;;
+    tenantry | tenantry-nolog)
+        write_tenantry_conf "$name" "$port" "$([[ $name == tenantry ]] && echo true || echo false)"
+        start_bg "$out" "$dir/stderr.log" taskset -c "$PROXY_CPU" "$TENANTRY_BIN" serve --config "$dir/tenantry.yaml"
+        ;;
+    esac
+    PROXY_PID=$SPAWNED_PID
+    wait_http "http://127.0.0.1:$port/" "$HOST_HEADER" "$PROXY_PID" "$dir/stderr.log" 60 ||
+        die "$name did not come up"
+}
+
+# sanity_check NAME PORT: 4 requests must all be 200 and reach both backends
+sanity_check() {
+    local name=$1 port=$2 i code body seen=""
+    for i in 1 2 3 4; do
+        body=$(curl -s -w '|%{http_code}' --max-time 5 -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/") || true
+        code=${body##*|}
+        body=${body%|*}
+        [[ $code == 200 ]] || die "$name: request $i to http://127.0.0.1:$port/ answered '$code' (body: ${body:0:200})"
+        seen+="${body//$'\n'/} "
+    done
+    if [[ $seen != *b1* || $seen != *b2* ]]; then
+        warn "$name: 4 requests did not reach both backends (bodies: $seen); round robin broken?"
+    fi
+    log "$name: sanity ok (bodies: $seen)"
+}
+
+# parse_wrk FILE -> "rps p50_ms p99_ms requests errors"
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000; if (u == "s") return n * 1000
+        if (u == "m") return n * 60000; return n + 0
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    /^ +50% / { p50 = ms($2) }
+    /^ +99% / { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { errs += $NF }
+    /Socket errors:/ { for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); errs += v } }
+    END {
+        if (rps == "" || p99 == "" || reqs == "") exit 1
+        printf "%s %.3f %.3f %s %d\n", rps, p50, p99, reqs, errs
+    }' "$1"
+}
+
+WRK_ARGS=(-t1 "-c$CONNS" "-d$DURATION" -H "Host: $HOST_HEADER" --latency)
+
+declare -A M_RPS M_P50 M_P99 M_CPU M_PCT M_LOAD M_ERR M_UP
+
+bench_proxy() {
+    local name=$1 port=${PORT[$1]} r f res
+    local -a rps=() p50=() p99=() cpu=() pct=() load=() up=()
+    local errs=0
+    log "=== $name (127.0.0.1:$port) ==="
+    start_proxy "$name"
+    sanity_check "$name" "$port"
+
+    log "$name: warm-up $WARMUP"
+    show_cmd taskset -c "$LOAD_CPU" "$WRK" -t1 "-c$CONNS" "-d$WARMUP" -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" :: ">/dev/null"
+    taskset -c "$LOAD_CPU" "$WRK" -t1 "-c$CONNS" "-d$WARMUP" -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >/dev/null
+
+    for ((r = 1; r <= RUNS; r++)); do
+        f=$OUT/wrk-$name-$r.txt
+        local a0 a1 c0 c1 w0 w1 pb0 pt0 pb1 pt1 lb0 lt0 lb1 lt1
+        show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" :: ">$f"
+        read -r pb0 pt0 <<<"$(cpu_jiffies "$PROXY_CPU")"
+        read -r lb0 lt0 <<<"$(cpu_jiffies "$LOAD_CPU")"
+        a0=$(backend_accepts)
+        c0=$(tree_cpu_ticks "$PROXY_PID")
+        w0=$(now_ns)
+        taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" >"$f" 2>&1 ||
+            die "wrk failed against $name: $(cat "$f")"
+        w1=$(now_ns)
+        c1=$(tree_cpu_ticks "$PROXY_PID")
+        read -r pb1 pt1 <<<"$(cpu_jiffies "$PROXY_CPU")"
+        read -r lb1 lt1 <<<"$(cpu_jiffies "$LOAD_CPU")"
+        a1=$(backend_accepts)
+        res=$(parse_wrk "$f") || die "could not parse wrk output $f: $(cat "$f")"
+        local v_rps v_p50 v_p99 v_reqs v_err v_cpu v_pct v_load v_core v_up
+        read -r v_rps v_p50 v_p99 v_reqs v_err <<<"$res"
+        v_cpu=$(calc "($c1 - $c0) / $CLK_TCK * 1000000 / $v_reqs" %.2f)
+        v_pct=$(calc "($c1 - $c0) / $CLK_TCK / (($w1 - $w0) / 1e9) * 100" %.1f)
+        v_core=$(calc "($pb1 - $pb0) / ($pt1 - $pt0) * 100" %.1f)
+        v_load=$(calc "($lb1 - $lb0) / ($lt1 - $lt0) * 100" %.1f)
+        v_up=$((a1 - a0 - 1)) # minus the status probe itself
+        ((HAVE_STUB_STATUS)) || v_up=n/a
+        rps+=("$v_rps") p50+=("$v_p50") p99+=("$v_p99") cpu+=("$v_cpu") pct+=("$v_pct") load+=("$v_load") up+=("$v_up")
+        errs=$((errs + v_err))
+        log "$name run $r/$RUNS: $v_rps req/s, p50 $v_p50 ms, p99 $v_p99 ms, $v_reqs requests, errors $v_err;" \
+            "proxy cpu ${v_pct}% = $v_cpu us/req; core $PROXY_CPU busy ${v_core}%, core $LOAD_CPU (wrk+backends) busy ${v_load}%;" \
+            "new upstream connections $v_up"
+        ((v_err == 0)) || warn "$name run $r: $v_err non-2xx responses or socket errors (see $f)"
+        if [[ $(calc "$v_core - $v_pct > 10" %d) == 1 ]]; then
+            warn "$name run $r: core $PROXY_CPU was ${v_core}% busy but the proxy used only ${v_pct}%: something else ran on it (cargo?), figures are noisy"
+            NOISY=1
+        fi
+    done
+
+    if [[ $PROFILE == 1 && $name == "$PROFILE_PROXY" ]]; then
+        profile_run "$name" "$port"
+    fi
+
+    stop_pid "$PROXY_PID"
+    M_RPS[$name]=$(median "${rps[@]}")
+    M_P50[$name]=$(median "${p50[@]}")
+    M_P99[$name]=$(median "${p99[@]}")
+    M_CPU[$name]=$(median "${cpu[@]}")
+    M_PCT[$name]=$(median "${pct[@]}")
+    M_LOAD[$name]=$(median "${load[@]}")
+    M_ERR[$name]=$errs
+    M_UP[$name]=$(IFS=/; echo "${up[*]}")
+}
+
+profile_run() {
+    local name=$1 port=$2 secs data=$OUT/perf-$1.data perf_pid
+    secs=$(dur_to_secs "$DURATION")
+    log "$name: PROFILE=1, extra run under perf (not part of the figures)"
+    show_cmd taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$PROXY_PID" -o "$data" -- sleep "$secs" :: ">$OUT/perf-record.log 2>&1 &"
+    taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$PROXY_PID" -o "$data" -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.2
+    show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" :: ">$OUT/wrk-$name-perf.txt"
+    taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" >"$OUT/wrk-$name-perf.txt" 2>&1 || true
+    if ! wait "$perf_pid"; then
+        warn "perf record failed: $(tail -n 5 "$OUT/perf-record.log")"
+        return 0
+    fi
+    show_cmd "$PERF" report -i "$data" --stdio :: "| head -60 >$OUT/perf-report.txt"
+    "$PERF" report -i "$data" --stdio >"$OUT/perf-report-full.txt" 2>/dev/null || true
+    head -n 60 "$OUT/perf-report-full.txt" >"$OUT/perf-report.txt"
+    show_cmd "$PERF" report -i "$data" --stdio --no-children --sort symbol -g none :: "| head -60 >$OUT/perf-report-flat.txt"
+    "$PERF" report -i "$data" --stdio --no-children --sort symbol -g none >"$OUT/perf-report-flat.full.txt" 2>/dev/null || true
+    head -n 60 "$OUT/perf-report-flat.full.txt" >"$OUT/perf-report-flat.txt"
+    log "$name: perf reports in $OUT/perf-report.txt (call graph) and $OUT/perf-report-flat.txt (flat)"
+}
+
+# ---- run ------------------------------------------------------------------------------
+NOISY=0
+# pre-flight: the two cores should be idle before we start
+read -r i0b i0t <<<"$(cpu_jiffies "$PROXY_CPU")"
+read -r i1b i1t <<<"$(cpu_jiffies "$LOAD_CPU")"
+sleep 1
+read -r j0b j0t <<<"$(cpu_jiffies "$PROXY_CPU")"
+read -r j1b j1t <<<"$(cpu_jiffies "$LOAD_CPU")"
+idle0=$(calc "($j0b - $i0b) / ($j0t - $i0t) * 100" %.0f)
+idle1=$(calc "($j1b - $i1b) / ($j1t - $i1t) * 100" %.0f)
+log "pre-flight: core $PROXY_CPU ${idle0}% busy, core $LOAD_CPU ${idle1}% busy over 1 s"
+if ((idle0 > 15 || idle1 > 15)); then
+    warn "the machine is not idle (core $PROXY_CPU ${idle0}%, core $LOAD_CPU ${idle1}% busy): figures will be noisy"
+    NOISY=1
+fi
+write_backend_conf
+nginx_cmd "$NGINX" "$OUT/backends" "$OUT/backends/nginx.conf"
+"${NGINX_CMD[@]}" -t -q >"$OUT/backends/configtest.log" 2>&1 || {
+    cat "$OUT/backends/configtest.log" >&2
+    die "nginx rejected the backend config"
+}
+log "=== backends (nginx, core $LOAD_CPU) ==="
+start_bg /dev/null "$OUT/backends/stderr.log" taskset -c "$LOAD_CPU" "${NGINX_CMD[@]}"
+BACKEND_PID=$SPAWNED_PID
+wait_http "http://127.0.0.1:$BACKEND_PORT1/" x "$BACKEND_PID" "$OUT/backends/stderr.log" 30 || die "backends did not come up"
+wait_http "http://127.0.0.1:$BACKEND_PORT2/" x "$BACKEND_PID" "$OUT/backends/stderr.log" 30 || die "backends did not come up"
+
+for name in "${LIST[@]}"; do
+    bench_proxy "$name"
+done
+
+# ---- report ---------------------------------------------------------------------------
+baseline_for() {
+    if [[ $1 == *-nolog && -n ${M_RPS[nginx-nolog]:-} ]]; then
+        echo nginx-nolog
+    elif [[ -n ${M_RPS[nginx]:-} ]]; then
+        echo nginx
+    elif [[ -n ${M_RPS[nginx-nolog]:-} ]]; then
+        echo nginx-nolog
+    fi
+}
+
+echo
+echo "== proxy-vs-nginx: medians of $RUNS run(s), wrk -t1 -c$CONNS -d$DURATION, proxy pinned to core $PROXY_CPU, backends+wrk on core $LOAD_CPU =="
+fmt='%-15s %8s %8s %8s %10s %9s %9s %6s %8s %8s %8s %8s  %s\n'
+# shellcheck disable=SC2059
+printf "$fmt" proxy "rps" "p50 ms" "p99 ms" "cpu us/req" "proxy cpu" "load core" errors "upconns" "rps/base" "p99/base" "cpu/base" base
+for name in "${LIST[@]}"; do
+    base=$(baseline_for "$name")
+    if [[ -n $base ]]; then
+        rr=$(calc "${M_RPS[$name]} / ${M_RPS[$base]}" %.3f)
+        pr=$(calc "${M_P99[$name]} / ${M_P99[$base]}" %.3f)
+        cr=$(calc "${M_CPU[$name]} / ${M_CPU[$base]}" %.3f)
+    else
+        rr=n/a pr=n/a cr=n/a base=-
+    fi
+    # shellcheck disable=SC2059
+    printf "$fmt" "$name" "$(calc "${M_RPS[$name]}" %.0f)" "$(calc "${M_P50[$name]}" %.3f)" "$(calc "${M_P99[$name]}" %.3f)" \
+        "$(calc "${M_CPU[$name]}" %.2f)" "$(calc "${M_PCT[$name]}" %.1f)%" "$(calc "${M_LOAD[$name]}" %.1f)%" "${M_ERR[$name]}" "${M_UP[$name]}" "$rr" "$pr" "$cr" "$base"
+done
+echo
+echo "Figures come from, per proxy (PORT: $(for n in "${LIST[@]}"; do printf '%s=%s ' "$n" "${PORT[$n]}"; done)):"
+show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:PORT/"
+echo "cpu us/req = (utime+stime of the proxy process tree from /proc/PID/stat, before/after the wrk run) / requests;"
+echo "proxy cpu = that CPU time / wall time; load core = busy share of core $LOAD_CPU (wrk + backends) from /proc/stat."
+echo "upconns = connections the backends accepted during each run (per run, '/'-separated; keep-alive => stays <= pool size, ~0 after warm-up)."
+echo "If 'load core' is near 100% and 'proxy cpu' is well below it, the load generator is the bottleneck, not the proxy."
+echo "tenantry writes its JSON access log to stdout, redirected to /dev/null; nginx logs to /dev/null, haproxy to stdout > /dev/null."
+echo "Configs, stderr logs and raw wrk output: $OUT"
+if ((NOISY)); then
+    echo "WARNING: other load was seen on the benchmark cores (see warnings above); rerun on an idle machine."
+fi

@@ -1,0 +1,181 @@
+//! Body types of the proxy: what goes upstream (streamed or empty) and what goes back
+//! downstream, with the tap that records metrics and the access log when the response ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::accesslog::{AccessLog, Entry};
+use crate::metrics::RouteMetrics;
+use crate::table::{BackendRt, RouteRt};
+
+/// The body sent upstream.
+pub enum UpBody {
+    /// The client's body, streamed, counted into the route's `sent` bytes.
+    Stream(Incoming, Arc<RouteMetrics>),
+    /// No body (lets idempotent requests be retried).
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Stream(b, m) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled {
+                    if let Some(d) = f.data_ref() {
+                        m.add_bytes(d.len() as u64, 0);
+                    }
+                }
+                polled
+            }
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Stream(b, _) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Stream(b, _) => b.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What a finished request records: metrics, the backend's in-flight count, the access log.
+/// Recorded on drop, i.e. when the response body is done (or the client went away).
+pub struct Tap {
+    pub(crate) start: Instant,
+    pub(crate) route: Option<Arc<RouteRt>>,
+    pub(crate) backend: Option<usize>,
+    pub(crate) status: u16,
+    pub(crate) method: Method,
+    pub(crate) path: Box<str>,
+    pub(crate) host: Box<str>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) client: std::net::IpAddr,
+    pub(crate) bytes: u64,
+    pub(crate) error: Option<&'static str>,
+    pub(crate) log: Option<AccessLog>,
+    pub(crate) unrouted: Arc<RouteMetrics>,
+}
+
+impl Tap {
+    fn backend(&self) -> Option<&BackendRt> {
+        let r = self.route.as_ref()?;
+        r.backends.get(self.backend?)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let metrics = self.route.as_ref().map_or(&self.unrouted, |r| &r.metrics);
+        metrics.observe(self.status, elapsed);
+        if self.bytes > 0 {
+            metrics.add_bytes(0, self.bytes);
+        }
+        if let Some(b) = self.backend() {
+            b.health.end();
+        }
+        if let Some(log) = &self.log {
+            log.write(&Entry {
+                tenant_id: self.route.as_ref().map(|r| r.tenant.as_str()),
+                route: self.route.as_ref().map(|r| r.id.as_str()),
+                request_id: self.request_id.to_str().unwrap_or(""),
+                method: self.method.as_str(),
+                host: &self.host,
+                path: &self.path,
+                status: self.status,
+                upstream: self.backend().map(|b| &*b.label),
+                duration: elapsed,
+                bytes: self.bytes,
+                client: self.client,
+                error: self.error,
+            });
+        }
+    }
+}
+
+/// The response body sent downstream.
+pub struct RespBody {
+    inner: Inner,
+    tap: Option<Tap>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl RespBody {
+    pub(crate) fn upstream(body: Incoming, tap: Tap) -> Self {
+        Self { inner: Inner::Upstream(body), tap: Some(tap) }
+    }
+
+    /// A complete body (local responses: errors, admin endpoints).
+    pub fn full(bytes: impl Into<Bytes>, tap: Option<Tap>) -> Self {
+        Self { inner: Inner::Full(Some(bytes.into())), tap }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(tap)) = (f.data_ref(), this.tap.as_mut()) {
+                    tap.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                // Record as soon as the body ends, not when the connection drops it.
+                this.tap = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(tap) = this.tap.as_mut() {
+                    tap.error = Some("upstream_body_error");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

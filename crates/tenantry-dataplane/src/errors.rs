@@ -1,0 +1,47 @@
+//! The closed set of error codes the proxy answers with. They are part of the contract: the
+//! body is always `{"error":"<code>"}` (plus `request_id`), never an internal cause.
+
+use http::StatusCode;
+
+/// An error the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No tenant serves this host (404).
+    UnknownHost,
+    /// The host is known but no route prefix matches the path (404).
+    NoRoute,
+    /// Every backend of the route is down or draining (503).
+    NoHealthyBackend,
+    /// The upstream failed (connection refused or reset, invalid response) (502).
+    BadGateway,
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout,
+    /// The request is malformed or ambiguous, e.g. both Content-Length and
+    /// Transfer-Encoding (400).
+    BadRequest,
+}
+
+impl ErrorCode {
+    /// The `snake_case` code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownHost => "unknown_host",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::NoHealthyBackend => "no_healthy_backend",
+            ErrorCode::BadGateway => "bad_gateway",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::BadRequest => "bad_request",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::UnknownHost | ErrorCode::NoRoute => StatusCode::NOT_FOUND,
+            ErrorCode::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The gateway's shared state: the live routing table behind `ArcSwap`, the upstream client,
+//! metrics, the access log, and reconfiguration (reload from file, coalesced).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tenantry_config::{ConfigErrors, GatewayConfig, ServerSettings};
+use tenantry_domain::{Change, Snapshot};
+
+use crate::accesslog::AccessLog;
+use crate::body::UpBody;
+use crate::health::HealthSupervisor;
+use crate::metrics::MetricsRegistry;
+use crate::table::{RoutingTable, TableError};
+use crate::tls::CertCache;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, UpBody>;
+
+/// What a reconfiguration did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    /// Tenants added, replaced or removed.
+    pub changed_tenants: usize,
+    /// Tenants now served.
+    pub tenants: usize,
+    /// Routes now served.
+    pub routes: usize,
+    /// Time to build the new table (ms).
+    pub build_ms: f64,
+    /// Time to swap it in (ms).
+    pub swap_ms: f64,
+}
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// There is no config file to reload (the gateway was started without one).
+    #[error("no configuration file to reload")]
+    NoConfigFile,
+    /// The file is invalid.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(ConfigErrors),
+    /// The table could not be built (e.g. a certificate failed to load).
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    pub(crate) table: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) metrics: Arc<MetricsRegistry>,
+    pub(crate) client: UpstreamClient,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) settings: ServerSettings,
+    pub(crate) draining: AtomicBool,
+    pub(crate) epoch: Instant,
+    config_path: Option<PathBuf>,
+    state: Mutex<ReconfigState>,
+    reload_lock: tokio::sync::Mutex<Option<Result<ReloadReport, ReloadError>>>,
+    reloads_started: AtomicU64,
+    health: Mutex<HealthSupervisor>,
+}
+
+struct ReconfigState {
+    snapshot: Snapshot,
+    certs: CertCache,
+}
+
+impl Gateway {
+    /// Builds a gateway from a validated configuration. Must run inside a tokio runtime
+    /// (health checks are spawned). `config_path` is the file that reloads re-read.
+    pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<Self>, TableError> {
+        let settings = config.server.clone();
+        let metrics = Arc::new(MetricsRegistry::new(settings.metrics_max_tenants));
+        let mut certs = CertCache::default();
+        let changes = Snapshot::new().diff(&config.snapshot);
+        let table = RoutingTable::default().apply(&changes, &metrics, &mut certs)?;
+        let access_log = if settings.access_log {
+            match AccessLog::stdout(Arc::clone(&metrics)) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the access log writer; access log disabled");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let gw = Arc::new(Self {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            client: upstream_client(&settings),
+            metrics,
+            access_log,
+            settings,
+            draining: AtomicBool::new(false),
+            epoch: Instant::now(),
+            config_path,
+            state: Mutex::new(ReconfigState { snapshot: config.snapshot, certs }),
+            reload_lock: tokio::sync::Mutex::new(None),
+            reloads_started: AtomicU64::new(0),
+            health: Mutex::new(HealthSupervisor::default()),
+        });
+        gw.reconcile_health();
+        Ok(gw)
+    }
+
+    /// The server settings the gateway was started with.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.settings
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// Metrics registry.
+    pub fn metrics(&self) -> &Arc<MetricsRegistry> {
+        &self.metrics
+    }
+
+    /// Whether the gateway is draining (shutting down or handing over).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: `/readyz` answers 503 and responses carry `Connection: close`.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the gateway started (the clock of passive ejection).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Re-reads the config file and applies it. Concurrent calls are coalesced: a caller that
+    /// waited while another reload started after its request reuses that reload's result.
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
+        let seen = self.reloads_started.load(Ordering::SeqCst);
+        let mut last = self.reload_lock.lock().await;
+        if self.reloads_started.load(Ordering::SeqCst) > seen {
+            if let Some(result) = last.as_ref() {
+                return result.clone();
+            }
+        }
+        self.reloads_started.fetch_add(1, Ordering::SeqCst);
+        let result = self.reload_now().await;
+        match &result {
+            Ok(r) => {
+                self.metrics.global.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    changed_tenants = r.changed_tenants,
+                    tenants = r.tenants,
+                    routes = r.routes,
+                    build_ms = r.build_ms,
+                    swap_ms = r.swap_ms,
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                self.metrics.global.reloads_error.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "configuration reload refused; the previous configuration keeps serving");
+            }
+        }
+        *last = Some(result.clone());
+        result
+    }
+
+    async fn reload_now(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let gw = Arc::clone(self);
+        // Parsing, validating and building are CPU work (large configs take a while): keep
+        // them off the proxy's worker threads.
+        tokio::task::spawn_blocking(move || {
+            let config = tenantry_config::load_file(&path).map_err(ReloadError::Invalid)?;
+            if config.server != gw.settings {
+                tracing::warn!(
+                    "server settings (listeners, timeouts, runtime, logging) changed in the file; they apply at the next restart or --upgrade, routing changes apply now"
+                );
+            }
+            gw.apply_snapshot(config.snapshot)
+        })
+        .await
+        .map_err(|e| ReloadError::Build(format!("reload task failed: {e}")))?
+    }
+
+    /// Moves the gateway to a new snapshot: diff, build the changed tenants, swap atomically,
+    /// then start or stop health checks. In-flight requests keep the table they started with.
+    pub fn apply_snapshot(&self, target: Snapshot) -> Result<ReloadReport, ReloadError> {
+        let build_start = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let changes: Vec<Change> = state.snapshot.diff(&target);
+        let current = self.table.load_full();
+        let next = current
+            .apply(&changes, &self.metrics, &mut state.certs)
+            .map_err(|e| ReloadError::Build(e.to_string()))?;
+        let build = build_start.elapsed();
+        let (tenants, routes) = (next.tenant_count(), next.route_count());
+        let swap_start = Instant::now();
+        self.table.store(Arc::new(next));
+        let swap = swap_start.elapsed();
+        state.snapshot = target;
+        drop(state);
+        // The old table is freed here, outside the timed swap.
+        drop(current);
+        self.reconcile_health();
+        Ok(ReloadReport {
+            changed_tenants: changes.len(),
+            tenants,
+            routes,
+            build_ms: ms(build),
+            swap_ms: ms(swap),
+        })
+    }
+
+    fn reconcile_health(&self) {
+        let table = self.table.load_full();
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.reconcile(&table, &self.client);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn upstream_client(s: &ServerSettings) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(s.upstream.connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(s.upstream.idle_timeout)
+        .pool_max_idle_per_host(s.upstream.max_idle_per_backend)
+        .http1_preserve_header_case(false)
+        .set_host(false)
+        .build(connector)
+}

@@ -1,0 +1,110 @@
+//! Active health checks: one task per (route, backend) with a `health_check`, started and
+//! stopped as the routing table changes. Passive ejection happens on the request path
+//! (see `proxy`); for routes with active checks, only an active check re-admits a backend.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Uri};
+use tenantry_domain::{HealthCheck, RouteId, TenantId};
+use tokio::task::JoinHandle;
+
+use crate::body::UpBody;
+use crate::gateway::UpstreamClient;
+use crate::table::{BackendHealth, RoutingTable};
+
+type Key = (TenantId, RouteId, SocketAddr);
+
+/// The running checkers.
+#[derive(Default)]
+pub struct HealthSupervisor {
+    tasks: HashMap<Key, Checker>,
+}
+
+struct Checker {
+    health: Arc<BackendHealth>,
+    handle: JoinHandle<()>,
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl HealthSupervisor {
+    /// Makes the running checkers match the table: new backends get a checker, removed ones
+    /// lose theirs, unchanged ones keep running (and their state).
+    pub fn reconcile(&mut self, table: &RoutingTable, client: &UpstreamClient) {
+        let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendHealth>, String)> = HashMap::new();
+        for r in table.routes() {
+            let Some(hc) = &r.health_check else { continue };
+            let host = r.host.to_string().trim_start_matches("*.").to_owned();
+            for b in r.backends.iter() {
+                wanted.insert(
+                    (r.tenant.clone(), r.id.clone(), b.addr),
+                    (hc.clone(), Arc::clone(&b.health), host.clone()),
+                );
+            }
+        }
+        self.tasks
+            .retain(|k, c| wanted.get(k).is_some_and(|(_, h, _)| Arc::ptr_eq(h, &c.health)));
+        for (key, (hc, health, host)) in wanted {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let handle = tokio::spawn(check_loop(key.clone(), hc, Arc::clone(&health), host, client.clone()));
+            self.tasks.insert(key, Checker { health, handle });
+        }
+    }
+}
+
+async fn check_loop(key: Key, hc: HealthCheck, health: Arc<BackendHealth>, host: String, client: UpstreamClient) {
+    let (tenant, route, addr) = key;
+    let uri: Option<Uri> = format!("http://{addr}{}", hc.path).parse().ok();
+    let Some(uri) = uri else {
+        tracing::error!(%tenant, %route, backend = %addr, path = %hc.path, "invalid health-check path; checks disabled");
+        return;
+    };
+    let mut ticker = tokio::time::interval(hc.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = match tokio::time::timeout(hc.timeout, probe(&client, &uri, &host, &hc)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {:?}", hc.timeout)),
+        };
+        let changed = match &result {
+            Ok(()) => health.record_success(hc.healthy_threshold).then_some("up"),
+            Err(_) => health
+                .record_failure(hc.unhealthy_threshold, 0, 0)
+                .then_some("down"),
+        };
+        if let Some(state) = changed {
+            let reason = result.err().unwrap_or_default();
+            tracing::warn!(%tenant, %route, backend = %addr, state, reason, "backend health changed (active check)");
+        }
+    }
+}
+
+async fn probe(client: &UpstreamClient, uri: &Uri, host: &str, hc: &HealthCheck) -> Result<(), String> {
+    let req = Request::get(uri.clone())
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "tenantry-health-check")
+        .body(UpBody::Empty)
+        .map_err(|e| e.to_string())?;
+    match client.request(req).await {
+        Err(e) => Err(format!("request failed: {e}")),
+        Ok(resp) => {
+            // Drain the body so the pooled connection can be reused.
+            let status = resp.status().as_u16();
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            if status == hc.expect_status {
+                Ok(())
+            } else {
+                Err(format!("status {status}, expected {}", hc.expect_status))
+            }
+        }
+    }
+}

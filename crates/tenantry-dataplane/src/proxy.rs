@@ -1,0 +1,378 @@
+//! The request pipeline. Every request passes the same phases, in order:
+//!
+//! 1. `request_filter`: reject ambiguous framing (request smuggling) before anything else;
+//! 2. `resolve`: host + path → tenant route from the current table (404 otherwise);
+//! 3. `choose_upstream`: the route's algorithm picks an eligible backend (503 if none);
+//! 4. `upstream_request`: rewrite the request (URI, hop-by-hop headers, `X-Forwarded-*`,
+//!    `X-Request-Id`) and send it; an idempotent request without a body that fails to connect
+//!    is retried once on another backend;
+//! 5. `response_filter`: strip hop-by-hop headers, echo the request id, close when draining;
+//!    WebSocket upgrades are spliced;
+//! 6. logging: metrics and the access log line are recorded when the response body ends
+//!    (see [`crate::body::Tap`]).
+//!
+//! Each phase is a function returning a value or an [`ErrorCode`]; `handle` only turns those
+//! into responses, so the control flow is visible here in one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tenantry_domain::normalize_host;
+
+use crate::body::{RespBody, Tap, UpBody};
+use crate::errors::ErrorCode;
+use crate::gateway::Gateway;
+use crate::lb::select_backend;
+use crate::reqid;
+use crate::table::{Lookup, RouteRt};
+
+/// What the proxy knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Whether it arrived on the TLS listener.
+    pub tls: bool,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// How long the upstream may take to send response headers.
+const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one request. Never fails: every error becomes a response.
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
+    let start = Instant::now();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if reqid::acceptable(v) => v.clone(),
+        _ => reqid::generate(),
+    };
+    let host: Box<str> = request_host(&req).map(|h| normalize_host(h).into()).unwrap_or_default();
+    let mut tap = Tap {
+        start,
+        route: None,
+        backend: None,
+        status: 0,
+        method: req.method().clone(),
+        path: req.uri().path().into(),
+        host,
+        request_id: request_id.clone(),
+        client: conn.peer.ip(),
+        bytes: 0,
+        error: None,
+        log: gw.access_log.clone(),
+        unrouted: Arc::clone(&gw.metrics.unrouted),
+    };
+
+    // Phase 1: request filter.
+    if let Err(code) = request_filter(&req) {
+        return local_error(&gw, code, tap, true);
+    }
+
+    // Phase 2: resolve the tenant's route.
+    let route = match resolve(&gw, &tap.host, req.uri().path()) {
+        Ok(r) => r,
+        Err(code) => return local_error(&gw, code, tap, false),
+    };
+    tap.route = Some(Arc::clone(&route));
+
+    // Phase 3: choose an upstream.
+    let now = gw.now_ms();
+    let Some(first) = select_backend(&route, conn.peer.ip(), None, now) else {
+        return local_error(&gw, ErrorCode::NoHealthyBackend, tap, false);
+    };
+
+    // Phase 4: upstream request (with one retry for idempotent requests without a body).
+    let upgrade = wants_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    rewrite_request_headers(&mut parts.headers, &conn, &tap.host, &request_id, upgrade);
+    let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&parts.headers, &body);
+    let mut up_body = if retryable {
+        drop(body);
+        Some(UpBody::Empty)
+    } else {
+        Some(UpBody::Stream(body, Arc::clone(&route.metrics)))
+    };
+    let original_version = parts.version;
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let mut backend = first;
+    let mut attempt = 0;
+    let result = loop {
+        let b = &route.backends[backend];
+        b.health.begin();
+        tap.backend = Some(backend);
+        let uri = upstream_uri(&b.authority, path_and_query.as_ref());
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            *h = if retryable && attempt == 0 { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        }
+        let body = up_body.take().unwrap_or(UpBody::Empty);
+        let up_req = match builder.body(body) {
+            Ok(r) => r,
+            Err(_) => break Err(ErrorCode::BadRequest),
+        };
+        let sent = tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, gw.client.request(up_req)).await;
+        match sent {
+            Ok(Ok(resp)) => break Ok(resp),
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                let threshold = route.unhealthy_threshold();
+                if b.health.record_failure(threshold, gw.now_ms(), crate::table::PASSIVE_RETRY_MS) {
+                    log_ejected(&route, backend, if connect { "connect error" } else { "upstream error" });
+                }
+                if connect && retryable && attempt == 0 {
+                    if let Some(next) = select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms()) {
+                        b.health.end();
+                        gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
+                        attempt += 1;
+                        up_body = Some(UpBody::Empty);
+                        backend = next;
+                        continue;
+                    }
+                }
+                tracing::debug!(error = %e, backend = %b.label, "upstream request failed");
+                break Err(ErrorCode::BadGateway);
+            }
+            Err(_) => break Err(ErrorCode::UpstreamTimeout),
+        }
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(code) => return local_error(&gw, code, tap, false),
+    };
+
+    // Phase 5: response filter.
+    let b = &route.backends[backend];
+    let status = resp.status();
+    if status.is_server_error() {
+        if b.health.record_failure(route.unhealthy_threshold(), gw.now_ms(), crate::table::PASSIVE_RETRY_MS) {
+            log_ejected(&route, backend, "5xx responses");
+        }
+    } else if b.health.record_success(1) {
+        tracing::info!(tenant = %route.tenant, route = %route.id, backend = %b.label, "backend re-admitted after a successful request");
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice_upgrade(down, up));
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    rparts.version = original_version;
+    rparts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    if gw.is_draining() && original_version < Version::HTTP_2 && status != StatusCode::SWITCHING_PROTOCOLS {
+        rparts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    tap.status = status.as_u16();
+    Response::from_parts(rparts, RespBody::upstream(rbody, tap))
+}
+
+fn log_ejected(route: &RouteRt, backend: usize, why: &str) {
+    tracing::warn!(
+        tenant = %route.tenant,
+        route = %route.id,
+        backend = %route.backends[backend].label,
+        reason = why,
+        "backend ejected (passive health check)"
+    );
+}
+
+/// The request's host: `Host` for HTTP/1, `:authority` for HTTP/2.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Phase 1: refuse requests whose framing two parsers could read differently.
+fn request_filter<B>(req: &Request<B>) -> Result<(), ErrorCode> {
+    let h = req.headers();
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ErrorCode::BadRequest);
+    }
+    if req.version() < Version::HTTP_2 && req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(())
+}
+
+/// Phase 2: the route for this host and path.
+fn resolve(gw: &Gateway, host: &str, path: &str) -> Result<Arc<RouteRt>, ErrorCode> {
+    let table = gw.table.load();
+    match table.lookup(host, path) {
+        Lookup::Route(r) => Ok(Arc::clone(r)),
+        Lookup::UnknownHost => Err(ErrorCode::UnknownHost),
+        Lookup::NoRoute => Err(ErrorCode::NoRoute),
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn has_no_body(h: &HeaderMap, body: &Incoming) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream()
+        || (!h.contains_key(header::TRANSFER_ENCODING)
+            && h.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0"))
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+fn upstream_uri(authority: &http::uri::Authority, pq: Option<&http::uri::PathAndQuery>) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(pq.cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+/// Forwarding a client's `Connection: close` upstream would kill upstream keep-alive.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+                .collect();
+            for n in named {
+                h.remove(n);
+            }
+        }
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+/// Phase 4's header rewrite: hop-by-hop removal, original Host kept, forwarding headers set.
+fn rewrite_request_headers(h: &mut HeaderMap, conn: &ConnInfo, host: &str, request_id: &HeaderValue, upgrade: bool) {
+    strip_hop_by_hop(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let ip = conn.peer.ip();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if !h.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(header::HOST, v);
+        }
+    }
+    if let Some(v) = h.get(header::HOST).cloned() {
+        h.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// An error answered by the proxy itself: JSON body, request id, logged and counted.
+fn local_error(gw: &Gateway, code: ErrorCode, mut tap: Tap, close: bool) -> Response<RespBody> {
+    let body = format!(
+        "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+        code.as_str(),
+        tap.request_id.to_str().unwrap_or("")
+    );
+    tap.status = code.status().as_u16();
+    tap.error = Some(code.as_str());
+    if let Some(b) = tap.backend.take() {
+        if let Some(r) = &tap.route {
+            r.backends[b].health.end();
+        }
+    }
+    let request_id = tap.request_id.clone();
+    let mut resp = Response::new(RespBody::full(body, Some(tap)));
+    *resp.status_mut() = code.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_REQUEST_ID.clone(), request_id);
+    if close || gw.is_draining() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn sets_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("acme.localhost:8080"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let conn = ConnInfo { peer: "10.0.0.9:5000".parse().unwrap(), tls: true };
+        rewrite_request_headers(&mut h, &conn, "acme.localhost", &HeaderValue::from_static("rid"), false);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "acme.localhost:8080");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+}

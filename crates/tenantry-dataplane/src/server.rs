@@ -1,0 +1,339 @@
+//! Listeners, accept loops and connection serving (HTTP/1.1 and HTTP/2, plain and TLS), the
+//! admin endpoints, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::RespBody;
+use crate::gateway::Gateway;
+use crate::proxy::{self, ConnInfo};
+
+/// The process's listening sockets (bound here, or inherited through `--upgrade`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP.
+    pub http: StdTcpListener,
+    /// TLS, if configured.
+    pub tls: Option<StdTcpListener>,
+    /// Admin, if configured.
+    pub admin: Option<StdTcpListener>,
+}
+
+/// Binds a listening socket with a deep backlog and `SO_REUSEADDR`.
+pub fn bind(addr: SocketAddr) -> io::Result<StdTcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Listeners {
+    /// Binds the listeners named in the settings.
+    pub fn bind(settings: &tenantry_config::ServerSettings) -> io::Result<Self> {
+        let with_addr = |a: SocketAddr| move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+        Ok(Self {
+            http: bind(settings.listen).map_err(with_addr(settings.listen))?,
+            tls: settings.tls_listen.map(|a| bind(a).map_err(with_addr(a))).transpose()?,
+            admin: settings.admin_listen.map(|a| bind(a).map_err(with_addr(a))).transpose()?,
+        })
+    }
+
+    /// Bound addresses: (http, tls, admin).
+    pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.http.local_addr().ok(),
+            self.tls.as_ref().and_then(|l| l.local_addr().ok()),
+            self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+        )
+    }
+}
+
+/// How the gateway should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Keep running.
+    Run,
+    /// SIGTERM/SIGQUIT: keep accepting for the drain window (readiness 503), then stop.
+    Shutdown,
+    /// Another process took the listeners over: stop accepting at once, then finish.
+    Handover,
+}
+
+/// Sends the stop signal to a running [`serve`].
+#[derive(Clone, Debug)]
+pub struct Stopper(watch::Sender<StopMode>);
+
+impl Stopper {
+    /// Asks the gateway to stop in the given way (the first request wins).
+    pub fn stop(&self, mode: StopMode) {
+        self.0.send_if_modified(|m| {
+            if *m == StopMode::Run {
+                *m = mode;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A stop handle and its receiver.
+pub fn stopper() -> (Stopper, watch::Receiver<StopMode>) {
+    let (tx, rx) = watch::channel(StopMode::Run);
+    (Stopper(tx), rx)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Proxy { tls: bool },
+    Admin,
+}
+
+/// Serves every listener until a stop is requested, then drains and returns once in-flight
+/// requests finished (or the grace period ran out).
+pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, mut stop: watch::Receiver<StopMode>) -> io::Result<()> {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (accepting_tx, accepting_rx) = watch::channel(true);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(gw.settings.max_header_bytes.max(8192))
+        .writev(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(gw.settings.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let tls = listeners.tls.as_ref().map(|_| TlsAcceptor::from(crate::tls::server_config(Arc::clone(&gw.table))));
+
+    let mut loops = Vec::new();
+    let mut spawn = |l: StdTcpListener, kind: Kind| -> io::Result<()> {
+        let listener = TcpListener::from_std(l)?;
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            kind,
+            Arc::clone(&gw),
+            Arc::clone(&builder),
+            tls.clone(),
+            Arc::clone(&graceful),
+            accepting_rx.clone(),
+        )));
+        Ok(())
+    };
+    spawn(listeners.http, Kind::Proxy { tls: false })?;
+    if let Some(l) = listeners.tls {
+        spawn(l, Kind::Proxy { tls: true })?;
+    }
+    if let Some(l) = listeners.admin {
+        spawn(l, Kind::Admin)?;
+    }
+
+    // Wait for a stop request.
+    let mode = loop {
+        if stop.changed().await.is_err() {
+            break StopMode::Shutdown;
+        }
+        let m = *stop.borrow();
+        if m != StopMode::Run {
+            break m;
+        }
+    };
+    gw.start_draining();
+    match mode {
+        StopMode::Handover => {
+            let _ = accepting_tx.send(false);
+            tracing::info!(drain = ?gw.settings.drain, "listeners handed over; finishing in-flight requests");
+            // Idle keep-alive connections get a window to send one more request, answered
+            // with `Connection: close`, so their clients move to the new process cleanly.
+            tokio::time::sleep(gw.settings.drain).await;
+        }
+        _ => {
+            tracing::info!(drain = ?gw.settings.drain, "draining: readiness is 503, still accepting");
+            tokio::time::sleep(gw.settings.drain).await;
+            let _ = accepting_tx.send(false);
+        }
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    let open = graceful.count();
+    tracing::info!(connections = open, grace = ?gw.settings.grace, "closing connections");
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => {
+            if tokio::time::timeout(gw.settings.grace, graceful.shutdown()).await.is_err() {
+                tracing::warn!("grace period over; closing the remaining connections");
+            }
+        }
+        Err(_) => tracing::warn!("connection tracker still shared; not waiting for connections"),
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: Kind,
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    graceful: Arc<GracefulShutdown>,
+    mut accepting: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            changed = accepting.changed() => {
+                if changed.is_err() || !*accepting.borrow() {
+                    return;
+                }
+                continue;
+            }
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = Arc::clone(&gw);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            gw.metrics.global.connections.fetch_add(1, Ordering::Relaxed);
+            serve_connection(stream, peer, kind, &gw, &builder, tls, watcher).await;
+            gw.metrics.global.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    gw: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+) {
+    let result = match kind {
+        Kind::Admin => {
+            let gw = Arc::clone(gw);
+            let svc = service_fn(move |req| admin(Arc::clone(&gw), peer, req));
+            watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
+        }
+        Kind::Proxy { tls: false } => {
+            let gw = Arc::clone(gw);
+            let conn = ConnInfo { peer, tls: false };
+            let svc = service_fn(move |req| {
+                let gw = Arc::clone(&gw);
+                async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
+            });
+            watcher
+                .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned())
+                .await
+        }
+        Kind::Proxy { tls: true } => {
+            let Some(acceptor) = tls else { return };
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let gw = Arc::clone(gw);
+            let conn = ConnInfo { peer, tls: true };
+            let svc = service_fn(move |req| {
+                let gw = Arc::clone(&gw);
+                async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
+            });
+            watcher
+                .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned())
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(body, None));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /admin/reload`.
+async fn admin(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if gw.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let table = gw.table();
+            text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render(&table))
+        }
+        (&Method::POST, "/admin/reload") => {
+            if !peer.ip().is_loopback() {
+                text(StatusCode::FORBIDDEN, "application/json", "{\"error\":\"forbidden\",\"reason\":\"reload is allowed from localhost only\"}\n")
+            } else {
+                match gw.reload().await {
+                    Ok(report) => text(
+                        StatusCode::OK,
+                        "application/json",
+                        serde_json::json!({"status": "reloaded", "report": report}).to_string(),
+                    ),
+                    Err(e) => {
+                        let errors: Vec<String> = match &e {
+                            crate::gateway::ReloadError::Invalid(errs) => errs.iter().map(ToString::to_string).collect(),
+                            other => vec![other.to_string()],
+                        };
+                        text(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "application/json",
+                            serde_json::json!({"error": "invalid_config", "errors": errors}).to_string(),
+                        )
+                    }
+                }
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "application/json", "{\"error\":\"method_not_allowed\"}\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not_found\"}\n"),
+    };
+    Ok(resp)
+}

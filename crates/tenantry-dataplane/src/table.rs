@@ -1,0 +1,388 @@
+//! The routing table: an immutable map from host to routes, swapped atomically on change.
+//!
+//! Lookup is O(1) in the number of tenants: one hash probe for the exact host, then one probe
+//! per dot-separated suffix for wildcards (`a.b.acme.com` probes `b.acme.com`, `acme.com`,
+//! `com`). A change to one tenant copies the host maps' pointers and rebuilds only that
+//! tenant's routes; runtime state that must survive a reload (health, requests in flight,
+//! metrics) is carried over by key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::sign::CertifiedKey;
+use tenantry_domain::{
+    Algorithm, BackendState, Change, HealthCheck, HostPattern, Route, RouteId, Tenant, TenantId,
+};
+
+use crate::metrics::{MetricsRegistry, RouteMetrics};
+use crate::tls::{self, CertCache};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Health and load of one backend, shared by every table version that contains it.
+#[derive(Debug)]
+pub struct BackendHealth {
+    healthy: AtomicBool,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    consecutive_successes: AtomicU32,
+    /// Milliseconds since the process epoch before which a passively ejected backend without
+    /// active checks stays out.
+    retry_at_ms: AtomicU64,
+}
+
+impl Default for BackendHealth {
+    fn default() -> Self {
+        Self {
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            consecutive_successes: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BackendHealth {
+    /// Whether the backend is currently considered healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to this backend.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records a success (passive or active). Returns true if the backend just came back.
+    pub(crate) fn record_success(&self, healthy_threshold: u32) -> bool {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let n = self.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= healthy_threshold {
+            self.consecutive_successes.store(0, Ordering::Relaxed);
+            return !self.healthy.swap(true, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// Records a failure. Returns true if the backend just went down.
+    pub(crate) fn record_failure(&self, unhealthy_threshold: u32, now_ms: u64, retry_after_ms: u64) -> bool {
+        self.consecutive_successes.store(0, Ordering::Relaxed);
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
+            self.retry_at_ms.store(now_ms + retry_after_ms, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// For routes without active checks: lets a passively ejected backend take a trial
+    /// request once its back-off has passed.
+    fn passive_retry_due(&self, now_ms: u64) -> bool {
+        now_ms >= self.retry_at_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// A backend as one table version sees it.
+#[derive(Debug)]
+pub struct BackendRt {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `ip:port` as a header value (the upstream URI authority).
+    pub authority: http::uri::Authority,
+    /// The address as a string, for logs and metrics.
+    pub label: Box<str>,
+    /// Weight.
+    pub weight: u32,
+    /// Active or draining (per table version).
+    pub state: BackendState,
+    /// Health and load, carried across versions.
+    pub health: Arc<BackendHealth>,
+}
+
+/// A route as the proxy serves it.
+#[derive(Debug)]
+pub struct RouteRt {
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Route id.
+    pub id: RouteId,
+    /// Host pattern.
+    pub host: HostPattern,
+    /// Path prefix.
+    pub prefix: Box<str>,
+    /// Backend selection.
+    pub algorithm: Algorithm,
+    /// Backends.
+    pub backends: Box<[BackendRt]>,
+    /// Active checks, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Counters and histograms.
+    pub metrics: Arc<RouteMetrics>,
+    /// Round-robin position and smooth-weighted state.
+    pub(crate) lb: LbState,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LbState {
+    pub(crate) next: AtomicUsize,
+    pub(crate) current_weights: Mutex<Vec<i64>>,
+}
+
+/// Passive ejection threshold for routes without an active check.
+const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// How long a passively ejected backend of a route without active checks stays out.
+pub(crate) const PASSIVE_RETRY_MS: u64 = 10_000;
+
+impl RouteRt {
+    /// Whether backend `i` may take a new request now.
+    pub fn eligible(&self, i: usize, now_ms: u64) -> bool {
+        let b = &self.backends[i];
+        b.state == BackendState::Active
+            && (b.health.is_healthy()
+                || (self.health_check.is_none() && b.health.passive_retry_due(now_ms)))
+    }
+
+    /// Consecutive failures that eject a backend.
+    pub fn unhealthy_threshold(&self) -> u32 {
+        self.health_check
+            .as_ref()
+            .map_or(DEFAULT_UNHEALTHY_THRESHOLD, |h| h.unhealthy_threshold)
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        let prefix = &*self.prefix;
+        if prefix == "/" {
+            return true;
+        }
+        match path.strip_prefix(prefix) {
+            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// The routes of one host, longest prefix first, plus the host's certificate.
+#[derive(Debug)]
+pub struct HostEntry {
+    /// Routes sorted by prefix length, longest first.
+    pub routes: Box<[Arc<RouteRt>]>,
+    /// Certificate for SNI, if any route of this host has one.
+    pub cert: Option<Arc<CertifiedKey>>,
+}
+
+/// The result of a lookup.
+pub enum Lookup<'a> {
+    /// A route serves this request.
+    Route(&'a Arc<RouteRt>),
+    /// No tenant has this host.
+    UnknownHost,
+    /// The host is known but no route prefix matches the path.
+    NoRoute,
+}
+
+/// A tenant's runtime part: its routes (kept so a later change can find what to remove).
+#[derive(Debug)]
+struct TenantRt {
+    hosts: Vec<HostPattern>,
+    routes: Vec<Arc<RouteRt>>,
+}
+
+/// The routing table (immutable once built; see [`RoutingTable::apply`]).
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    exact: FastMap<Box<str>, Arc<HostEntry>>,
+    wildcard: FastMap<Box<str>, Arc<HostEntry>>,
+    tenants: FastMap<TenantId, Arc<TenantRt>>,
+    route_count: usize,
+}
+
+/// Why a table change could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// A certificate or key could not be loaded.
+    #[error("tenant {tenant}: route {route}: {source}")]
+    Tls {
+        /// Tenant.
+        tenant: TenantId,
+        /// Route.
+        route: RouteId,
+        /// Cause.
+        source: tls::TlsError,
+    },
+}
+
+impl RoutingTable {
+    /// Finds the route for a normalised host and a path.
+    pub fn lookup(&self, host: &str, path: &str) -> Lookup<'_> {
+        let Some(entry) = self.host_entry(host) else {
+            return Lookup::UnknownHost;
+        };
+        match entry.routes.iter().find(|r| r.matches_path(path)) {
+            Some(r) => Lookup::Route(r),
+            None => Lookup::NoRoute,
+        }
+    }
+
+    /// The entry of a normalised host: exact match first, then the longest wildcard suffix.
+    pub fn host_entry(&self, host: &str) -> Option<&Arc<HostEntry>> {
+        if let Some(e) = self.exact.get(host) {
+            return Some(e);
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(e) = self.wildcard.get(rest) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// Number of routes.
+    pub fn route_count(&self) -> usize {
+        self.route_count
+    }
+
+    /// Number of tenants.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Every route, for metrics and health supervision.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteRt>> {
+        self.tenants.values().flat_map(|t| t.routes.iter())
+    }
+
+    /// Builds the next table from this one and a batch of changes. Only the tenants named in
+    /// the changes are rebuilt; the others' runtime objects are shared.
+    pub fn apply(
+        &self,
+        changes: &[Change],
+        metrics: &MetricsRegistry,
+        certs: &mut CertCache,
+    ) -> Result<RoutingTable, TableError> {
+        let mut next = self.clone();
+        for change in changes {
+            let old = next.remove_tenant(change.tenant());
+            if let Change::PutTenant(t) = change {
+                next.insert_tenant(t, old.as_deref(), metrics, certs)?;
+            }
+        }
+        metrics.retain_tenants(|t| next.tenants.contains_key(t));
+        Ok(next)
+    }
+
+    fn remove_tenant(&mut self, id: &TenantId) -> Option<Arc<TenantRt>> {
+        let old = self.tenants.remove(id)?;
+        for h in &old.hosts {
+            match h {
+                HostPattern::Exact(n) => self.exact.remove(n),
+                HostPattern::Wildcard(s) => self.wildcard.remove(s),
+            };
+        }
+        self.route_count -= old.routes.len();
+        Some(old)
+    }
+
+    fn insert_tenant(
+        &mut self,
+        t: &Tenant,
+        old: Option<&TenantRt>,
+        metrics: &MetricsRegistry,
+        certs: &mut CertCache,
+    ) -> Result<(), TableError> {
+        let mut by_host: Vec<(HostPattern, Vec<Arc<RouteRt>>, Option<Arc<CertifiedKey>>)> = Vec::new();
+        let mut routes = Vec::with_capacity(t.routes.len());
+        for r in &t.routes {
+            let rt = Arc::new(build_route(t, r, old, metrics));
+            let cert = match &r.tls {
+                Some(files) => Some(certs.load(files).map_err(|source| TableError::Tls {
+                    tenant: t.id.clone(),
+                    route: r.id.clone(),
+                    source,
+                })?),
+                None => None,
+            };
+            match by_host.iter_mut().find(|(h, _, _)| *h == r.host) {
+                Some((_, rs, c)) => {
+                    rs.push(Arc::clone(&rt));
+                    if c.is_none() {
+                        *c = cert;
+                    }
+                }
+                None => by_host.push((r.host.clone(), vec![Arc::clone(&rt)], cert)),
+            }
+            routes.push(rt);
+        }
+        let mut hosts = Vec::with_capacity(by_host.len());
+        for (host, mut rs, cert) in by_host {
+            rs.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            let entry = Arc::new(HostEntry { routes: rs.into_boxed_slice(), cert });
+            match &host {
+                HostPattern::Exact(n) => self.exact.insert(n.clone(), entry),
+                HostPattern::Wildcard(s) => self.wildcard.insert(s.clone(), entry),
+            };
+            hosts.push(host);
+        }
+        self.route_count += routes.len();
+        self.tenants.insert(t.id.clone(), Arc::new(TenantRt { hosts, routes }));
+        Ok(())
+    }
+}
+
+fn build_route(t: &Tenant, r: &Route, old: Option<&TenantRt>, metrics: &MetricsRegistry) -> RouteRt {
+    let old_route = old.and_then(|o| o.routes.iter().find(|x| x.id == r.id));
+    let backends = r
+        .backends
+        .iter()
+        .map(|b| {
+            // Health and load survive a reload when the backend stays in the route, unless the
+            // health-check settings changed (then it starts fresh, optimistic).
+            let health = old_route
+                .filter(|o| o.health_check == r.health_check)
+                .and_then(|o| o.backends.iter().find(|ob| ob.addr == b.address))
+                .map(|ob| Arc::clone(&ob.health))
+                .unwrap_or_default();
+            let label = b.address.to_string();
+            BackendRt {
+                addr: b.address,
+                authority: label.parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+                label: label.into_boxed_str(),
+                weight: b.weight,
+                state: b.state,
+                health,
+            }
+        })
+        .collect::<Box<[_]>>();
+    RouteRt {
+        tenant: t.id.clone(),
+        id: r.id.clone(),
+        host: r.host.clone(),
+        prefix: r.path_prefix.as_str().into(),
+        algorithm: r.algorithm,
+        lb: LbState {
+            next: AtomicUsize::new(0),
+            current_weights: Mutex::new(vec![0; backends.len()]),
+        },
+        backends,
+        health_check: r.health_check.clone(),
+        metrics: metrics.route(&t.id, &r.id),
+    }
+}
+
+#[cfg(test)]
+mod tests;

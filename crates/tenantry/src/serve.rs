@@ -1,0 +1,230 @@
+//! `serve`, `config check` and `demo-backends`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tenantry_config::GatewayConfig;
+use tenantry_dataplane::demo::EchoBackend;
+use tenantry_dataplane::server::{Listeners, StopMode, Stopper};
+use tenantry_dataplane::{Gateway, upgrade};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{DemoArgs, ServeArgs};
+
+/// The example configuration used when `serve` gets no `--config`.
+const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml");
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
+}
+
+fn report(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("tenantry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<GatewayConfig, String> {
+    tenantry_config::load_file(path).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// `tenantry config check FILE`.
+pub fn check(file: &Path) -> ExitCode {
+    let config = match load(file) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Certificates are part of a valid configuration too: load each one.
+    let mut bad = false;
+    for (ti, t) in config.snapshot.tenants().enumerate() {
+        for (ri, r) in t.routes.iter().enumerate() {
+            if let Some(files) = &r.tls {
+                if let Err(e) = tenantry_dataplane::tls::load_certified_key(files) {
+                    eprintln!("{}: tenants[{ti}].routes[{ri}].tls: {e}", file.display());
+                    bad = true;
+                }
+            }
+        }
+    }
+    if bad {
+        return ExitCode::FAILURE;
+    }
+    let routes: usize = config.snapshot.tenants().map(|t| t.routes.len()).sum();
+    println!("{}: ok ({} tenants, {routes} routes)", file.display(), config.snapshot.len());
+    ExitCode::SUCCESS
+}
+
+/// `tenantry demo-backends --listen ADDR...`.
+pub fn demo_backends(args: DemoArgs) -> ExitCode {
+    init_tracing();
+    report(runtime(None).and_then(|rt| {
+        rt.block_on(async {
+            let mut running = Vec::new();
+            for addr in args.listen {
+                let b = EchoBackend::start(addr, &addr.to_string())
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                tracing::info!(addr = %b.addr, "demo backend listening");
+                running.push(b);
+            }
+            shutdown_signal().await;
+            Ok(())
+        })
+    }))
+}
+
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().thread_name("tenantry").build().context("cannot start the runtime")
+}
+
+async fn shutdown_signal() -> &'static str {
+    let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = quit.recv() => "SIGQUIT",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// `tenantry serve`.
+pub fn run(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let demo = args.demo_backends || args.config.is_none();
+    let path = args.config.clone().unwrap_or_else(|| PathBuf::from(QUICKSTART));
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("{msg}");
+            tracing::error!(errors = %msg, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    report(runtime(config.server.threads).and_then(|rt| rt.block_on(serve(args, path, config, demo))))
+}
+
+async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool) -> Result<()> {
+    let mut demo_backends = Vec::new();
+    if demo {
+        let addrs: BTreeSet<SocketAddr> = config
+            .snapshot
+            .tenants()
+            .flat_map(|t| t.routes.iter().flat_map(|r| r.backends.iter().map(|b| b.address)))
+            .collect();
+        for addr in addrs {
+            match EchoBackend::start(addr, &addr.to_string()).await {
+                Ok(b) => demo_backends.push(b),
+                Err(e) => tracing::warn!(%addr, error = %e, "demo backend not started"),
+            }
+        }
+        tracing::info!(count = demo_backends.len(), "demo backends started");
+    }
+
+    let (listeners, handover) = if args.upgrade {
+        let socket = upgrade_socket(&args, &config, None)?;
+        let (l, h) = upgrade::take_over(&socket).context("upgrade")?;
+        (l, Some(h))
+    } else {
+        (Listeners::bind(&config.server)?, None)
+    };
+    let (http, tls, admin) = listeners.local_addrs();
+    let fds = upgrade::HandoverFds::from_listeners(&listeners)?;
+    let gw = Gateway::new(config.clone(), Some(path.clone())).context("cannot build the routing table")?;
+    let table = gw.table();
+    tracing::info!(
+        http = %addr_str(http),
+        tls = %addr_str(tls),
+        admin = %addr_str(admin),
+        tenants = table.tenant_count(),
+        routes = table.route_count(),
+        config = %path.display(),
+        pid = std::process::id(),
+        "listening"
+    );
+    drop(table);
+
+    let (stopper, stop_rx) = tenantry_dataplane::stopper();
+    tokio::spawn(handle_signals(Arc::clone(&gw), stopper.clone()));
+    let serving = tokio::spawn(tenantry_dataplane::serve(Arc::clone(&gw), listeners, stop_rx));
+
+    let socket = match handover {
+        Some(h) => tokio::task::spawn_blocking(move || h.confirm()).await??,
+        None => upgrade_socket(&args, &config, http)?,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = upgrade::serve_upgrades(socket, fds, stopper).await {
+            tracing::error!(error = %e, "upgrade socket unavailable; --upgrade will not work");
+        }
+    });
+
+    serving.await.context("server task failed")??;
+    drop(demo_backends);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn addr_str(a: Option<SocketAddr>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
+}
+
+fn upgrade_socket(args: &ServeArgs, config: &GatewayConfig, http: Option<SocketAddr>) -> Result<PathBuf> {
+    if let Some(p) = args.upgrade_socket.clone().or_else(|| config.server.upgrade_socket.clone()) {
+        return Ok(p);
+    }
+    let port = http.map_or(config.server.listen.port(), |a| a.port());
+    Ok(std::env::temp_dir().join(format!("tenantry-{port}.sock")))
+}
+
+async fn handle_signals(gw: Arc<Gateway>, stopper: Stopper) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = gw.reload().await;
+            }
+            sig = shutdown_signal() => {
+                tracing::info!(signal = sig, "shutting down gracefully");
+                stopper.stop(StopMode::Shutdown);
+                return;
+            }
+        }
+    }
+}
