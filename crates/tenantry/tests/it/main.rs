@@ -1,1 +1,36 @@
-//! Integration tests.
+//! Integration tests: the real `tenantry` binary on ephemeral ports, real local backends.
+
+mod badreq;
+mod config_check;
+mod health;
+mod lb;
+mod observability;
+mod routing;
+mod tls_ws;
+mod upgrade;
+
+use std::path::Path;
+
+pub use tenantry_testkit::*;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tenantry"))
+}
+
+/// A config with listeners on ephemeral ports and `tenants` appended verbatim (YAML list
+/// items, indented by two spaces).
+pub fn config(tenants: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\naccess_log: true\nshutdown: {{ drain: 300ms, grace: 5s }}\ntenants:\n{tenants}"
+    )
+}
+
+/// One tenant with one route to the given backends.
+pub fn tenant(id: &str, host: &str, algorithm: &str, backends: &[&EchoBackend], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("{{ address: {} }}", b.addr)).collect();
+    format!(
+        "  - id: {id}\n    routes:\n      - id: web\n        host: \"{host}\"\n        algorithm: {algorithm}\n{extra}        backends: [ {} ]\n",
+        list.join(", ")
+    )
+}
