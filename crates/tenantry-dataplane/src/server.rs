@@ -94,6 +94,13 @@ impl Stopper {
     }
 }
 
+impl Stopper {
+    /// A receiver that sees stop requests.
+    pub fn subscribe(&self) -> watch::Receiver<StopMode> {
+        self.0.subscribe()
+    }
+}
+
 /// A stop handle and its receiver.
 pub fn stopper() -> (Stopper, watch::Receiver<StopMode>) {
     let (tx, rx) = watch::channel(StopMode::Run);

@@ -110,13 +110,30 @@ impl HandoverFds {
 }
 
 /// Listens on the upgrade socket; on a successful handover, asks the gateway to stop
-/// (handover mode) and returns.
+/// (handover mode) and returns. Also returns as soon as any stop begins, releasing the
+/// duplicated listener descriptors: otherwise the kernel would keep the ports open (and queue
+/// connections nobody serves) after the gateway closed its own listeners.
 pub async fn serve_upgrades(path: PathBuf, fds: HandoverFds, stopper: Stopper) -> io::Result<()> {
+    let mut stop = stopper.subscribe();
+    if *stop.borrow() != StopMode::Run {
+        return Ok(());
+    }
+    tokio::select! {
+        r = accept_upgrades(&path, fds, &stopper) => r,
+        _ = stop.wait_for(|m| *m != StopMode::Run) => {
+            tracing::debug!("stopping: upgrade socket released");
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+    }
+}
+
+async fn accept_upgrades(path: &Path, fds: HandoverFds, stopper: &Stopper) -> io::Result<()> {
     if path.exists() {
         // A stale socket from a previous run (or the one we took over from, already released).
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
     }
-    let listener = tokio::net::UnixListener::bind(&path)
+    let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind upgrade socket {}: {e}", path.display())))?;
     tracing::info!(socket = %path.display(), "upgrade socket ready");
     let fds = std::sync::Arc::new(fds);

@@ -1,5 +1,7 @@
 //! Integration tests: the real `tenantry` binary on ephemeral ports, real local backends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod badreq;
 mod config_check;
 mod health;
