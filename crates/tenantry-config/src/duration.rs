@@ -48,7 +48,11 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("1").unwrap_err().contains("missing unit"));
         assert!(parse_duration("1d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("ms").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("ms")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(2)), "2s");
     }

@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tenantry_domain::{
-    Algorithm, Backend, BackendState, Conflict, HealthCheck, HostPattern, Route, RouteId,
-    Snapshot, Tenant, TenantId, TlsFiles,
+    Algorithm, Backend, BackendState, Conflict, HealthCheck, HostPattern, Route, RouteId, Snapshot,
+    Tenant, TenantId, TlsFiles,
 };
 
-use crate::{
-    ConfigErrors, GatewaySpec, HealthCheckSpec, RouteSpec, TenantSpec, parse_duration,
-};
+use crate::{ConfigErrors, GatewaySpec, HealthCheckSpec, RouteSpec, TenantSpec, parse_duration};
 
 /// Process-level settings: listeners, timeouts, logging. Changing them needs a restart (or an
 /// `--upgrade`); routing changes do not.
@@ -94,7 +92,10 @@ pub fn validate(spec: &GatewaySpec, base_dir: &Path) -> Result<GatewayConfig, Co
     for (i, t) in spec.tenants.iter().enumerate() {
         let path = format!("tenants[{i}]");
         if !seen.insert(t.id.as_str()) {
-            errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", t.id));
+            errs.push(
+                format!("{path}.id"),
+                format!("duplicate tenant id {:?}", t.id),
+            );
             continue;
         }
         if let Some(tenant) = validate_tenant(t, &path, base_dir, &mut errs) {
@@ -163,7 +164,12 @@ fn addr(value: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> 
     }
 }
 
-fn duration(value: Option<&str>, default: Duration, path: &str, errs: &mut ConfigErrors) -> Duration {
+fn duration(
+    value: Option<&str>,
+    default: Duration,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Duration {
     match value.map(parse_duration) {
         None => default,
         Some(Ok(d)) => d,
@@ -176,13 +182,28 @@ fn duration(value: Option<&str>, default: Duration, path: &str, errs: &mut Confi
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
-fn validate_server(spec: &GatewaySpec, base: &Path, errs: &mut ConfigErrors) -> Option<ServerSettings> {
+fn validate_server(
+    spec: &GatewaySpec,
+    base: &Path,
+    errs: &mut ConfigErrors,
+) -> Option<ServerSettings> {
     let before = errs.0.len();
-    let listen = addr(spec.listen.as_deref().unwrap_or("127.0.0.1:8080"), "listen", errs);
-    let tls_listen = spec.tls_listen.as_deref().and_then(|a| addr(a, "tls_listen", errs));
+    let listen = addr(
+        spec.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        "listen",
+        errs,
+    );
+    let tls_listen = spec
+        .tls_listen
+        .as_deref()
+        .and_then(|a| addr(a, "tls_listen", errs));
     let admin_listen = spec
         .admin
         .as_ref()
@@ -193,8 +214,18 @@ fn validate_server(spec: &GatewaySpec, base: &Path, errs: &mut ConfigErrors) -> 
         .and_then(|m| m.max_tenants)
         .unwrap_or(1000);
     let sd = spec.shutdown.clone().unwrap_or_default();
-    let drain = duration(sd.drain.as_deref(), Duration::from_secs(2), "shutdown.drain", errs);
-    let grace = duration(sd.grace.as_deref(), Duration::from_secs(30), "shutdown.grace", errs);
+    let drain = duration(
+        sd.drain.as_deref(),
+        Duration::from_secs(2),
+        "shutdown.drain",
+        errs,
+    );
+    let grace = duration(
+        sd.grace.as_deref(),
+        Duration::from_secs(30),
+        "shutdown.grace",
+        errs,
+    );
     let up = spec.upstream.clone().unwrap_or_default();
     let connect_timeout = duration(
         up.connect_timeout.as_deref(),
@@ -217,7 +248,10 @@ fn validate_server(spec: &GatewaySpec, base: &Path, errs: &mut ConfigErrors) -> 
         .and_then(|l| l.max_header_bytes)
         .unwrap_or(32 * 1024);
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
-        errs.push("limits.max_header_bytes", "must be between 8192 and 1048576");
+        errs.push(
+            "limits.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
     }
     let threads = spec.runtime.as_ref().and_then(|r| r.threads);
     if threads == Some(0) {
@@ -247,11 +281,19 @@ fn validate_server(spec: &GatewaySpec, base: &Path, errs: &mut ConfigErrors) -> 
 
 /// Returns the tenant with its valid routes whenever its id is valid, so that later checks
 /// (duplicates, host conflicts) still see it; the caller fails if any error was recorded.
-fn validate_tenant(t: &TenantSpec, path: &str, base: &Path, errs: &mut ConfigErrors) -> Option<Tenant> {
+fn validate_tenant(
+    t: &TenantSpec,
+    path: &str,
+    base: &Path,
+    errs: &mut ConfigErrors,
+) -> Option<Tenant> {
     let id = match TenantId::parse(&t.id) {
         Ok(id) => Some(id),
         Err(e) => {
-            errs.push(format!("{path}.id"), format!("invalid tenant id {:?}: {e}", t.id));
+            errs.push(
+                format!("{path}.id"),
+                format!("invalid tenant id {:?}: {e}", t.id),
+            );
             None
         }
     };
@@ -264,29 +306,57 @@ fn validate_tenant(t: &TenantSpec, path: &str, base: &Path, errs: &mut ConfigErr
     for (i, r) in t.routes.iter().enumerate() {
         let rpath = format!("{path}.routes[{i}]");
         if !route_ids.insert(r.id.as_str()) {
-            errs.push(format!("{rpath}.id"), format!("duplicate route id {:?} in this tenant", r.id));
+            errs.push(
+                format!("{rpath}.id"),
+                format!("duplicate route id {:?} in this tenant", r.id),
+            );
             continue;
         }
         if let Some(route) = validate_route(r, &rpath, base, errs) {
             routes.push(route);
         }
     }
-    Some(Tenant { id: id?, plan, routes })
+    Some(Tenant {
+        id: id?,
+        plan,
+        routes,
+    })
 }
 
-fn validate_route(r: &RouteSpec, path: &str, base: &Path, errs: &mut ConfigErrors) -> Option<Route> {
+fn validate_route(
+    r: &RouteSpec,
+    path: &str,
+    base: &Path,
+    errs: &mut ConfigErrors,
+) -> Option<Route> {
     let before = errs.0.len();
     let id = RouteId::parse(&r.id)
-        .map_err(|e| errs.push(format!("{path}.id"), format!("invalid route id {:?}: {e}", r.id)))
+        .map_err(|e| {
+            errs.push(
+                format!("{path}.id"),
+                format!("invalid route id {:?}: {e}", r.id),
+            )
+        })
         .ok();
     let host = HostPattern::parse(&r.host)
-        .map_err(|e| errs.push(format!("{path}.host"), format!("invalid host {:?}: {e}", r.host)))
+        .map_err(|e| {
+            errs.push(
+                format!("{path}.host"),
+                format!("invalid host {:?}: {e}", r.host),
+            )
+        })
         .ok();
     let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
     if !path_prefix.starts_with('/') {
-        errs.push(format!("{path}.path_prefix"), format!("must start with '/', got {path_prefix:?}"));
+        errs.push(
+            format!("{path}.path_prefix"),
+            format!("must start with '/', got {path_prefix:?}"),
+        );
     } else if path_prefix.contains(['?', '#', ' ']) {
-        errs.push(format!("{path}.path_prefix"), format!("must be a plain path, got {path_prefix:?}"));
+        errs.push(
+            format!("{path}.path_prefix"),
+            format!("must be a plain path, got {path_prefix:?}"),
+        );
     }
     let algorithm = match r.algorithm.as_deref() {
         None => Algorithm::RoundRobin,
@@ -308,14 +378,20 @@ fn validate_route(r: &RouteSpec, path: &str, base: &Path, errs: &mut ConfigError
         if t.key.is_empty() {
             errs.push(format!("{path}.tls.key"), "must not be empty");
         }
-        TlsFiles { cert: resolve(base, &t.cert), key: resolve(base, &t.key) }
+        TlsFiles {
+            cert: resolve(base, &t.cert),
+            key: resolve(base, &t.key),
+        }
     });
     let health_check = r
         .health_check
         .as_ref()
         .map(|h| validate_health(h, &format!("{path}.health_check"), errs));
     if r.backends.is_empty() {
-        errs.push(format!("{path}.backends"), "at least one backend is required");
+        errs.push(
+            format!("{path}.backends"),
+            "at least one backend is required",
+        );
     }
     let mut backends = Vec::with_capacity(r.backends.len());
     let mut addrs = HashSet::new();
@@ -324,38 +400,72 @@ fn validate_route(r: &RouteSpec, path: &str, base: &Path, errs: &mut ConfigError
         let address = addr(&b.address, &format!("{bpath}.address"), errs);
         if let Some(a) = address {
             if !addrs.insert(a) {
-                errs.push(format!("{bpath}.address"), format!("duplicate backend {a} in this route"));
+                errs.push(
+                    format!("{bpath}.address"),
+                    format!("duplicate backend {a} in this route"),
+                );
             }
         }
         let weight = b.weight.unwrap_or(1);
         if weight == 0 || weight > 1000 {
-            errs.push(format!("{bpath}.weight"), format!("must be between 1 and 1000, got {weight}"));
+            errs.push(
+                format!("{bpath}.weight"),
+                format!("must be between 1 and 1000, got {weight}"),
+            );
         }
         let state = match b.state.as_deref() {
             None | Some("active") => BackendState::Active,
             Some("drain") => BackendState::Drain,
             Some(other) => {
-                errs.push(format!("{bpath}.state"), format!("unknown state {other:?} (expected active or drain)"));
+                errs.push(
+                    format!("{bpath}.state"),
+                    format!("unknown state {other:?} (expected active or drain)"),
+                );
                 BackendState::Active
             }
         };
         if let Some(address) = address {
-            backends.push(Backend { address, weight, state });
+            backends.push(Backend {
+                address,
+                weight,
+                state,
+            });
         }
     }
     if errs.0.len() > before {
         return None;
     }
-    Some(Route { id: id?, host: host?, path_prefix, algorithm, tls, health_check, backends })
+    Some(Route {
+        id: id?,
+        host: host?,
+        path_prefix,
+        algorithm,
+        tls,
+        health_check,
+        backends,
+    })
 }
 
 fn validate_health(h: &HealthCheckSpec, path: &str, errs: &mut ConfigErrors) -> HealthCheck {
     let hc_path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
     if !hc_path.starts_with('/') {
-        errs.push(format!("{path}.path"), format!("must start with '/', got {hc_path:?}"));
+        errs.push(
+            format!("{path}.path"),
+            format!("must start with '/', got {hc_path:?}"),
+        );
     }
-    let interval = duration(h.interval.as_deref(), Duration::from_secs(5), &format!("{path}.interval"), errs);
-    let timeout = duration(h.timeout.as_deref(), Duration::from_secs(1), &format!("{path}.timeout"), errs);
+    let interval = duration(
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+        &format!("{path}.interval"),
+        errs,
+    );
+    let timeout = duration(
+        h.timeout.as_deref(),
+        Duration::from_secs(1),
+        &format!("{path}.timeout"),
+        errs,
+    );
     if interval < Duration::from_millis(50) {
         errs.push(format!("{path}.interval"), "must be at least 50ms");
     }
@@ -364,16 +474,32 @@ fn validate_health(h: &HealthCheckSpec, path: &str, errs: &mut ConfigErrors) -> 
     }
     let healthy_threshold = h.healthy_threshold.unwrap_or(2);
     let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(3);
-    for (name, v) in [("healthy_threshold", healthy_threshold), ("unhealthy_threshold", unhealthy_threshold)] {
+    for (name, v) in [
+        ("healthy_threshold", healthy_threshold),
+        ("unhealthy_threshold", unhealthy_threshold),
+    ] {
         if !(1..=100).contains(&v) {
-            errs.push(format!("{path}.{name}"), format!("must be between 1 and 100, got {v}"));
+            errs.push(
+                format!("{path}.{name}"),
+                format!("must be between 1 and 100, got {v}"),
+            );
         }
     }
     let expect_status = h.expect_status.unwrap_or(200);
     if !(100..=599).contains(&expect_status) {
-        errs.push(format!("{path}.expect_status"), format!("must be an HTTP status (100-599), got {expect_status}"));
+        errs.push(
+            format!("{path}.expect_status"),
+            format!("must be an HTTP status (100-599), got {expect_status}"),
+        );
     }
-    HealthCheck { path: hc_path, interval, timeout, healthy_threshold, unhealthy_threshold, expect_status }
+    HealthCheck {
+        path: hc_path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        expect_status,
+    }
 }
 
 #[cfg(test)]

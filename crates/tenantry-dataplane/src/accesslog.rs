@@ -105,8 +105,15 @@ fn push_opt(out: &mut String, s: Option<&str>) {
 /// Formats one JSON line (with the trailing newline).
 pub fn format_entry(e: &Entry<'_>) -> String {
     let mut out = String::with_capacity(256);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let _ = write!(out, "{{\"ts\":{}.{:03},\"tenant_id\":", now.as_secs(), now.subsec_millis());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        "{{\"ts\":{}.{:03},\"tenant_id\":",
+        now.as_secs(),
+        now.subsec_millis()
+    );
     push_opt(&mut out, e.tenant_id);
     out.push_str(",\"route\":");
     push_opt(&mut out, e.route);

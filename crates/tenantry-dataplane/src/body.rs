@@ -27,7 +27,10 @@ impl Body for UpBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Stream(b, m) => {
                 let polled = Pin::new(b).poll_frame(cx);
@@ -125,12 +128,18 @@ enum Inner {
 
 impl RespBody {
     pub(crate) fn upstream(body: Incoming, tap: Tap) -> Self {
-        Self { inner: Inner::Upstream(body), tap: Some(tap) }
+        Self {
+            inner: Inner::Upstream(body),
+            tap: Some(tap),
+        }
     }
 
     /// A complete body (local responses: errors, admin endpoints).
     pub fn full(bytes: impl Into<Bytes>, tap: Option<Tap>) -> Self {
-        Self { inner: Inner::Full(Some(bytes.into())), tap }
+        Self {
+            inner: Inner::Full(Some(bytes.into())),
+            tap,
+        }
     }
 }
 
@@ -138,7 +147,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),

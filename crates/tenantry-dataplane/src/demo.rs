@@ -101,21 +101,36 @@ async fn accept_loop(listener: TcpListener, state: Arc<EchoState>) {
     }
 }
 
-async fn echo(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    state: Arc<EchoState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
-        let status = StatusCode::from_u16(state.health_status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
+        let status = StatusCode::from_u16(state.health_status.load(Ordering::Relaxed))
+            .unwrap_or(StatusCode::OK);
         return Ok(reply(status, "text/plain", Bytes::from_static(b"ok\n")));
     }
     state.hits.fetch_add(1, Ordering::Relaxed);
     let mut status = StatusCode::OK;
     if path == "/slow" {
-        let ms: u64 = query_param(req.uri().query(), "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let ms: u64 = query_param(req.uri().query(), "ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     } else if let Some(code) = path.strip_prefix("/status/") {
-        status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+        status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
     }
-    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let summary = serde_json::json!({
         "backend": state.name,
         "method": req.method().as_str(),
@@ -129,16 +144,25 @@ async fn echo(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Response<
         "connection": h("connection"),
     });
     let (_, body) = req.into_parts();
-    let received = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let received = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let mut v = summary;
     v["body_bytes"] = received.into();
-    Ok(reply(status, "application/json", Bytes::from(format!("{v}\n"))))
+    Ok(reply(
+        status,
+        "application/json",
+        Bytes::from(format!("{v}\n")),
+    ))
 }
 
 fn reply(status: StatusCode, ct: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
     r
 }
 

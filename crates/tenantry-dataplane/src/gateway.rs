@@ -76,7 +76,10 @@ struct ReconfigState {
 impl Gateway {
     /// Builds a gateway from a validated configuration. Must run inside a tokio runtime
     /// (health checks are spawned). `config_path` is the file that reloads re-read.
-    pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<Self>, TableError> {
+    pub fn new(
+        config: GatewayConfig,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Self>, TableError> {
         let settings = config.server.clone();
         let metrics = Arc::new(MetricsRegistry::new(settings.metrics_max_tenants));
         let mut certs = CertCache::default();
@@ -102,7 +105,10 @@ impl Gateway {
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             config_path,
-            state: Mutex::new(ReconfigState { snapshot: config.snapshot, certs }),
+            state: Mutex::new(ReconfigState {
+                snapshot: config.snapshot,
+                certs,
+            }),
             reload_lock: tokio::sync::Mutex::new(None),
             reloads_started: AtomicU64::new(0),
             health: Mutex::new(HealthSupervisor::default()),
@@ -155,7 +161,10 @@ impl Gateway {
         let result = self.reload_now().await;
         match &result {
             Ok(r) => {
-                self.metrics.global.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .global
+                    .reloads_ok
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     changed_tenants = r.changed_tenants,
                     tenants = r.tenants,
@@ -166,7 +175,10 @@ impl Gateway {
                 );
             }
             Err(e) => {
-                self.metrics.global.reloads_error.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .global
+                    .reloads_error
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "configuration reload refused; the previous configuration keeps serving");
             }
         }

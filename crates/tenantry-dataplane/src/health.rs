@@ -48,19 +48,34 @@ impl HealthSupervisor {
                 );
             }
         }
-        self.tasks
-            .retain(|k, c| wanted.get(k).is_some_and(|(_, h, _)| Arc::ptr_eq(h, &c.health)));
+        self.tasks.retain(|k, c| {
+            wanted
+                .get(k)
+                .is_some_and(|(_, h, _)| Arc::ptr_eq(h, &c.health))
+        });
         for (key, (hc, health, host)) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let handle = tokio::spawn(check_loop(key.clone(), hc, Arc::clone(&health), host, client.clone()));
+            let handle = tokio::spawn(check_loop(
+                key.clone(),
+                hc,
+                Arc::clone(&health),
+                host,
+                client.clone(),
+            ));
             self.tasks.insert(key, Checker { health, handle });
         }
     }
 }
 
-async fn check_loop(key: Key, hc: HealthCheck, health: Arc<BackendHealth>, host: String, client: UpstreamClient) {
+async fn check_loop(
+    key: Key,
+    hc: HealthCheck,
+    health: Arc<BackendHealth>,
+    host: String,
+    client: UpstreamClient,
+) {
     let (tenant, route, addr) = key;
     let uri: Option<Uri> = format!("http://{addr}{}", hc.path).parse().ok();
     let Some(uri) = uri else {
@@ -71,7 +86,8 @@ async fn check_loop(key: Key, hc: HealthCheck, health: Arc<BackendHealth>, host:
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(hc.timeout, probe(&client, &uri, &host, &hc)).await {
+        let result = match tokio::time::timeout(hc.timeout, probe(&client, &uri, &host, &hc)).await
+        {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {:?}", hc.timeout)),
         };
@@ -88,7 +104,12 @@ async fn check_loop(key: Key, hc: HealthCheck, health: Arc<BackendHealth>, host:
     }
 }
 
-async fn probe(client: &UpstreamClient, uri: &Uri, host: &str, hc: &HealthCheck) -> Result<(), String> {
+async fn probe(
+    client: &UpstreamClient,
+    uri: &Uri,
+    host: &str,
+    hc: &HealthCheck,
+) -> Result<(), String> {
     let req = Request::get(uri.clone())
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "tenantry-health-check")

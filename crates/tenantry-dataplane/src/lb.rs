@@ -12,7 +12,12 @@ use crate::table::RouteRt;
 /// Picks a backend index for a request, skipping backends that are draining, unhealthy or
 /// listed in `exclude` (a backend that already failed this request). `None`: no backend
 /// can take it.
-pub fn select_backend(route: &RouteRt, client: IpAddr, exclude: Option<usize>, now_ms: u64) -> Option<usize> {
+pub fn select_backend(
+    route: &RouteRt,
+    client: IpAddr,
+    exclude: Option<usize>,
+    now_ms: u64,
+) -> Option<usize> {
     let n = route.backends.len();
     let ok = |i: usize| Some(i) != exclude && route.eligible(i, now_ms);
     match route.algorithm {
@@ -107,7 +112,9 @@ mod tests {
     use crate::table::RoutingTable;
     use crate::tls::CertCache;
     use std::sync::Arc;
-    use tenantry_domain::{Backend, BackendState, Change, HostPattern, Route, RouteId, Tenant, TenantId};
+    use tenantry_domain::{
+        Backend, BackendState, Change, HostPattern, Route, RouteId, Tenant, TenantId,
+    };
 
     fn route(algorithm: Algorithm, weights: &[u32]) -> Arc<RouteRt> {
         let t = Tenant {
@@ -132,7 +139,11 @@ mod tests {
             }],
         };
         let table = RoutingTable::default()
-            .apply(&[Change::PutTenant(Arc::new(t))], &MetricsRegistry::new(10), &mut CertCache::default())
+            .apply(
+                &[Change::PutTenant(Arc::new(t))],
+                &MetricsRegistry::new(10),
+                &mut CertCache::default(),
+            )
             .unwrap();
         Arc::clone(table.routes().next().unwrap())
     }
@@ -155,7 +166,9 @@ mod tests {
     #[test]
     fn smooth_weighted_interleaves_by_weight() {
         let r = route(Algorithm::WeightedRoundRobin, &[3, 1]);
-        let seq: Vec<usize> = (0..8).map(|_| select_backend(&r, IpAddr::from([1, 1, 1, 1]), None, 0).unwrap()).collect();
+        let seq: Vec<usize> = (0..8)
+            .map(|_| select_backend(&r, IpAddr::from([1, 1, 1, 1]), None, 0).unwrap())
+            .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 0, 0, 1, 0]);
         assert_eq!(counts(&r, 400), vec![300, 100]);
     }
@@ -165,7 +178,10 @@ mod tests {
         let r = route(Algorithm::LeastConn, &[1, 1]);
         r.backends[0].health.begin();
         for _ in 0..10 {
-            assert_eq!(select_backend(&r, IpAddr::from([1, 1, 1, 1]), None, 0), Some(1));
+            assert_eq!(
+                select_backend(&r, IpAddr::from([1, 1, 1, 1]), None, 0),
+                Some(1)
+            );
         }
     }
 
@@ -173,21 +189,32 @@ mod tests {
     fn skips_excluded_unhealthy_and_draining() {
         let r = route(Algorithm::RoundRobin, &[1, 1]);
         for _ in 0..4 {
-            assert_eq!(select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 0), Some(1));
+            assert_eq!(
+                select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 0),
+                Some(1)
+            );
         }
         for _ in 0..3 {
             r.backends[1].health.record_failure(3, 0, 1000);
         }
-        assert_eq!(select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 0), None);
+        assert_eq!(
+            select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 0),
+            None
+        );
         // Without active checks, the ejected backend gets a trial after the back-off.
-        assert_eq!(select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 1000), Some(1));
+        assert_eq!(
+            select_backend(&r, IpAddr::from([1, 1, 1, 1]), Some(0), 1000),
+            Some(1)
+        );
     }
 
     #[test]
     fn ip_hash_is_sticky_and_moves_about_one_nth_when_a_backend_is_added() {
         let four = route(Algorithm::IpHash, &[1, 1, 1, 1]);
         let five = route(Algorithm::IpHash, &[1, 1, 1, 1, 1]);
-        let clients: Vec<IpAddr> = (0..5000u32).map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes())).collect();
+        let clients: Vec<IpAddr> = (0..5000u32)
+            .map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+            .collect();
         let mut moved = 0;
         for c in &clients {
             let a = select_backend(&four, *c, None, 0).unwrap();

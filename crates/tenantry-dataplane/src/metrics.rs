@@ -44,7 +44,9 @@ pub const OTHER: &str = "_other";
 pub const NONE: &str = "_none";
 
 /// Histogram bucket bounds in seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Counters of one (tenant, route) label pair.
 #[derive(Debug)]
@@ -82,8 +84,10 @@ impl RouteMetrics {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Adds body bytes sent to or received from the upstream.
@@ -183,7 +187,12 @@ impl MetricsRegistry {
             .chain([&self.other, &self.unrouted])
             .collect();
 
-        header(&mut out, REQUESTS_TOTAL, "counter", "Requests by tenant, route and status class.");
+        header(
+            &mut out,
+            REQUESTS_TOTAL,
+            "counter",
+            "Requests by tenant, route and status class.",
+        );
         for m in &all {
             for (i, c) in m.status.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
@@ -191,12 +200,19 @@ impl MetricsRegistry {
                     let _ = writeln!(
                         out,
                         "{REQUESTS_TOTAL}{{tenant=\"{}\",route=\"{}\",status_class=\"{}xx\"}} {v}",
-                        m.tenant, m.route, i + 1
+                        m.tenant,
+                        m.route,
+                        i + 1
                     );
                 }
             }
         }
-        header(&mut out, REQUEST_DURATION, "histogram", "Request duration in seconds, until the response is sent.");
+        header(
+            &mut out,
+            REQUEST_DURATION,
+            "histogram",
+            "Request duration in seconds, until the response is sent.",
+        );
         for m in &all {
             let count = m.count.load(Ordering::Relaxed);
             if count == 0 {
@@ -211,21 +227,47 @@ impl MetricsRegistry {
                     m.tenant, m.route
                 );
             }
-            let _ = writeln!(out, "{REQUEST_DURATION}_bucket{{tenant=\"{}\",route=\"{}\",le=\"+Inf\"}} {count}", m.tenant, m.route);
+            let _ = writeln!(
+                out,
+                "{REQUEST_DURATION}_bucket{{tenant=\"{}\",route=\"{}\",le=\"+Inf\"}} {count}",
+                m.tenant, m.route
+            );
             let sum = m.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{REQUEST_DURATION}_sum{{tenant=\"{}\",route=\"{}\"}} {sum}", m.tenant, m.route);
-            let _ = writeln!(out, "{REQUEST_DURATION}_count{{tenant=\"{}\",route=\"{}\"}} {count}", m.tenant, m.route);
+            let _ = writeln!(
+                out,
+                "{REQUEST_DURATION}_sum{{tenant=\"{}\",route=\"{}\"}} {sum}",
+                m.tenant, m.route
+            );
+            let _ = writeln!(
+                out,
+                "{REQUEST_DURATION}_count{{tenant=\"{}\",route=\"{}\"}} {count}",
+                m.tenant, m.route
+            );
         }
-        header(&mut out, UPSTREAM_BYTES, "counter", "Body bytes sent to and received from upstreams.");
+        header(
+            &mut out,
+            UPSTREAM_BYTES,
+            "counter",
+            "Body bytes sent to and received from upstreams.",
+        );
         for m in &all {
             for (dir, c) in [("sent", &m.bytes_sent), ("received", &m.bytes_received)] {
                 let v = c.load(Ordering::Relaxed);
                 if v > 0 {
-                    let _ = writeln!(out, "{UPSTREAM_BYTES}{{tenant=\"{}\",route=\"{}\",direction=\"{dir}\"}} {v}", m.tenant, m.route);
+                    let _ = writeln!(
+                        out,
+                        "{UPSTREAM_BYTES}{{tenant=\"{}\",route=\"{}\",direction=\"{dir}\"}} {v}",
+                        m.tenant, m.route
+                    );
                 }
             }
         }
-        header(&mut out, BACKEND_UP, "gauge", "1 if the backend is healthy, 0 if it is down (labelled tenants only).");
+        header(
+            &mut out,
+            BACKEND_UP,
+            "gauge",
+            "1 if the backend is healthy, 0 if it is down (labelled tenants only).",
+        );
         let mut in_flight = String::new();
         for r in table.routes() {
             if !inner.labelled.contains(&r.tenant) {
@@ -235,29 +277,78 @@ impl MetricsRegistry {
                 let _ = writeln!(
                     out,
                     "{BACKEND_UP}{{tenant=\"{}\",route=\"{}\",backend=\"{}\"}} {}",
-                    r.tenant, r.id, b.label, u8::from(b.health.is_healthy())
+                    r.tenant,
+                    r.id,
+                    b.label,
+                    u8::from(b.health.is_healthy())
                 );
                 let _ = writeln!(
                     in_flight,
                     "{BACKEND_IN_FLIGHT}{{tenant=\"{}\",route=\"{}\",backend=\"{}\"}} {}",
-                    r.tenant, r.id, b.label, b.health.in_flight()
+                    r.tenant,
+                    r.id,
+                    b.label,
+                    b.health.in_flight()
                 );
             }
         }
-        header(&mut out, BACKEND_IN_FLIGHT, "gauge", "Requests in flight per backend (labelled tenants only).");
+        header(
+            &mut out,
+            BACKEND_IN_FLIGHT,
+            "gauge",
+            "Requests in flight per backend (labelled tenants only).",
+        );
         out.push_str(&in_flight);
         drop(inner);
 
         let g = &self.global;
-        header(&mut out, CONFIG_RELOADS, "counter", "Configuration reloads by result.");
-        let _ = writeln!(out, "{CONFIG_RELOADS}{{result=\"ok\"}} {}", g.reloads_ok.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{CONFIG_RELOADS}{{result=\"error\"}} {}", g.reloads_error.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            CONFIG_RELOADS,
+            "counter",
+            "Configuration reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "{CONFIG_RELOADS}{{result=\"ok\"}} {}",
+            g.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "{CONFIG_RELOADS}{{result=\"error\"}} {}",
+            g.reloads_error.load(Ordering::Relaxed)
+        );
         for (name, kind, help, v) in [
-            (TENANTS, "gauge", "Tenants in the routing table.", table.tenant_count() as u64),
-            (ROUTES, "gauge", "Routes in the routing table.", table.route_count() as u64),
-            (CONNECTIONS, "gauge", "Open downstream connections.", g.connections.load(Ordering::Relaxed)),
-            (ACCESS_LOG_DROPPED, "counter", "Access log lines dropped because the writer fell behind.", g.access_log_dropped.load(Ordering::Relaxed)),
-            (UPSTREAM_RETRIES, "counter", "Requests retried on another backend after a connect error.", g.retries.load(Ordering::Relaxed)),
+            (
+                TENANTS,
+                "gauge",
+                "Tenants in the routing table.",
+                table.tenant_count() as u64,
+            ),
+            (
+                ROUTES,
+                "gauge",
+                "Routes in the routing table.",
+                table.route_count() as u64,
+            ),
+            (
+                CONNECTIONS,
+                "gauge",
+                "Open downstream connections.",
+                g.connections.load(Ordering::Relaxed),
+            ),
+            (
+                ACCESS_LOG_DROPPED,
+                "counter",
+                "Access log lines dropped because the writer fell behind.",
+                g.access_log_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                UPSTREAM_RETRIES,
+                "counter",
+                "Requests retried on another backend after a connect error.",
+                g.retries.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
@@ -278,14 +369,22 @@ mod tests {
     fn folds_tenants_beyond_the_limit_into_other() {
         let reg = MetricsRegistry::new(2);
         let r = RouteId::parse("web").unwrap();
-        let ids: Vec<TenantId> = ["a", "b", "c"].iter().map(|s| TenantId::parse(s).unwrap()).collect();
+        let ids: Vec<TenantId> = ["a", "b", "c"]
+            .iter()
+            .map(|s| TenantId::parse(s).unwrap())
+            .collect();
         let ms: Vec<_> = ids.iter().map(|t| reg.route(t, &r)).collect();
         assert_eq!(&*ms[0].tenant, "a");
         assert_eq!(&*ms[1].tenant, "b");
         assert_eq!(&*ms[2].tenant, OTHER);
         ms[2].observe(200, Duration::from_millis(3));
         let text = reg.render(&RoutingTable::default());
-        assert!(text.contains(r#"tenantry_requests_total{tenant="_other",route="_other",status_class="2xx"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tenantry_requests_total{tenant="_other",route="_other",status_class="2xx"} 1"#
+            ),
+            "{text}"
+        );
         // When a labelled tenant goes away its label is freed for the next one.
         reg.retain_tenants(|t| t.as_str() != "a");
         assert_eq!(&*reg.route(&ids[2], &r).tenant, "c");
@@ -294,12 +393,30 @@ mod tests {
     #[test]
     fn histogram_is_cumulative() {
         let reg = MetricsRegistry::new(1);
-        let m = reg.route(&TenantId::parse("a").unwrap(), &RouteId::parse("web").unwrap());
+        let m = reg.route(
+            &TenantId::parse("a").unwrap(),
+            &RouteId::parse("web").unwrap(),
+        );
         m.observe(200, Duration::from_micros(500));
         m.observe(503, Duration::from_millis(30));
         let text = reg.render(&RoutingTable::default());
-        assert!(text.contains(r#"tenantry_request_duration_seconds_bucket{tenant="a",route="web",le="0.001"} 1"#), "{text}");
-        assert!(text.contains(r#"tenantry_request_duration_seconds_bucket{tenant="a",route="web",le="0.05"} 2"#), "{text}");
-        assert!(text.contains(r#"tenantry_requests_total{tenant="a",route="web",status_class="5xx"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tenantry_request_duration_seconds_bucket{tenant="a",route="web",le="0.001"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tenantry_request_duration_seconds_bucket{tenant="a",route="web",le="0.05"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tenantry_requests_total{tenant="a",route="web",status_class="5xx"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

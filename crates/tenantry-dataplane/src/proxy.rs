@@ -51,13 +51,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves one request. Never fails: every error becomes a response.
-pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
     let start = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
     };
-    let host: Box<str> = request_host(&req).map(|h| normalize_host(h).into()).unwrap_or_default();
+    let host: Box<str> = request_host(&req)
+        .map(|h| normalize_host(h).into())
+        .unwrap_or_default();
     let mut tap = Tap {
         start,
         route: None,
@@ -113,9 +119,16 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>
         b.health.begin();
         tap.backend = Some(backend);
         let uri = upstream_uri(&b.authority, path_and_query.as_ref());
-        let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11);
         if let Some(h) = builder.headers_mut() {
-            *h = if retryable && attempt == 0 { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+            *h = if retryable && attempt == 0 {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
         }
         let body = up_body.take().unwrap_or(UpBody::Empty);
         let up_req = match builder.body(body) {
@@ -128,11 +141,23 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>
             Ok(Err(e)) => {
                 let connect = e.is_connect();
                 let threshold = route.unhealthy_threshold();
-                if b.health.record_failure(threshold, gw.now_ms(), crate::table::PASSIVE_RETRY_MS) {
-                    log_ejected(&route, backend, if connect { "connect error" } else { "upstream error" });
+                if b.health
+                    .record_failure(threshold, gw.now_ms(), crate::table::PASSIVE_RETRY_MS)
+                {
+                    log_ejected(
+                        &route,
+                        backend,
+                        if connect {
+                            "connect error"
+                        } else {
+                            "upstream error"
+                        },
+                    );
                 }
                 if connect && retryable && attempt == 0 {
-                    if let Some(next) = select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms()) {
+                    if let Some(next) =
+                        select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms())
+                    {
                         b.health.end();
                         gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
                         attempt += 1;
@@ -156,7 +181,11 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>
     let b = &route.backends[backend];
     let status = resp.status();
     if status.is_server_error() {
-        if b.health.record_failure(route.unhealthy_threshold(), gw.now_ms(), crate::table::PASSIVE_RETRY_MS) {
+        if b.health.record_failure(
+            route.unhealthy_threshold(),
+            gw.now_ms(),
+            crate::table::PASSIVE_RETRY_MS,
+        ) {
             log_ejected(&route, backend, "5xx responses");
         }
     } else if b.health.record_success(1) {
@@ -173,8 +202,13 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, mut req: Request<Incoming>
     let (mut rparts, rbody) = resp.into_parts();
     rparts.version = original_version;
     rparts.headers.insert(X_REQUEST_ID.clone(), request_id);
-    if gw.is_draining() && original_version < Version::HTTP_2 && status != StatusCode::SWITCHING_PROTOCOLS {
-        rparts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if gw.is_draining()
+        && original_version < Version::HTTP_2
+        && status != StatusCode::SWITCHING_PROTOCOLS
+    {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     tap.status = status.as_u16();
     Response::from_parts(rparts, RespBody::upstream(rbody, tap))
@@ -231,24 +265,29 @@ fn has_no_body(h: &HeaderMap, body: &Incoming) -> bool {
     use http_body::Body as _;
     body.is_end_stream()
         || (!h.contains_key(header::TRANSFER_ENCODING)
-            && h.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0"))
+            && h.get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0"))
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 fn upstream_uri(authority: &http::uri::Authority, pq: Option<&http::uri::PathAndQuery>) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(pq.cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.path_and_query = Some(
+        pq.cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
     Uri::from_parts(parts).unwrap_or_default()
 }
 
@@ -280,7 +319,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Phase 4's header rewrite: hop-by-hop removal, original Host kept, forwarding headers set.
-fn rewrite_request_headers(h: &mut HeaderMap, conn: &ConnInfo, host: &str, request_id: &HeaderValue, upgrade: bool) {
+fn rewrite_request_headers(
+    h: &mut HeaderMap,
+    conn: &ConnInfo,
+    host: &str,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
     strip_hop_by_hop(h, upgrade);
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -341,7 +386,10 @@ fn local_error(gw: &Gateway, code: ErrorCode, mut tap: Tap, close: bool) -> Resp
     let mut resp = Response::new(RespBody::full(body, Some(tap)));
     *resp.status_mut() = code.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(X_REQUEST_ID.clone(), request_id);
     if close || gw.is_draining() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -356,7 +404,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -369,10 +420,22 @@ mod tests {
     #[test]
     fn sets_forwarding_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("acme.localhost:8080"));
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("acme.localhost:8080"),
+        );
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let conn = ConnInfo { peer: "10.0.0.9:5000".parse().unwrap(), tls: true };
-        rewrite_request_headers(&mut h, &conn, "acme.localhost", &HeaderValue::from_static("rid"), false);
+        let conn = ConnInfo {
+            peer: "10.0.0.9:5000".parse().unwrap(),
+            tls: true,
+        };
+        rewrite_request_headers(
+            &mut h,
+            &conn,
+            "acme.localhost",
+            &HeaderValue::from_static("rid"),
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "acme.localhost:8080");

@@ -47,11 +47,19 @@ pub fn bind(addr: SocketAddr) -> io::Result<StdTcpListener> {
 impl Listeners {
     /// Binds the listeners named in the settings.
     pub fn bind(settings: &tenantry_config::ServerSettings) -> io::Result<Self> {
-        let with_addr = |a: SocketAddr| move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+        let with_addr = |a: SocketAddr| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
+        };
         Ok(Self {
             http: bind(settings.listen).map_err(with_addr(settings.listen))?,
-            tls: settings.tls_listen.map(|a| bind(a).map_err(with_addr(a))).transpose()?,
-            admin: settings.admin_listen.map(|a| bind(a).map_err(with_addr(a))).transpose()?,
+            tls: settings
+                .tls_listen
+                .map(|a| bind(a).map_err(with_addr(a)))
+                .transpose()?,
+            admin: settings
+                .admin_listen
+                .map(|a| bind(a).map_err(with_addr(a)))
+                .transpose()?,
         })
     }
 
@@ -115,7 +123,11 @@ enum Kind {
 
 /// Serves every listener until a stop is requested, then drains and returns once in-flight
 /// requests finished (or the grace period ran out).
-pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, mut stop: watch::Receiver<StopMode>) -> io::Result<()> {
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listeners: Listeners,
+    mut stop: watch::Receiver<StopMode>,
+) -> io::Result<()> {
     let graceful = Arc::new(GracefulShutdown::new());
     let (accepting_tx, accepting_rx) = watch::channel(true);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -131,7 +143,10 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, mut stop: watch::Rece
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(gw.settings.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    let tls = listeners.tls.as_ref().map(|_| TlsAcceptor::from(crate::tls::server_config(Arc::clone(&gw.table))));
+    let tls = listeners
+        .tls
+        .as_ref()
+        .map(|_| TlsAcceptor::from(crate::tls::server_config(Arc::clone(&gw.table))));
 
     let mut loops = Vec::new();
     let mut spawn = |l: StdTcpListener, kind: Kind| -> io::Result<()> {
@@ -187,7 +202,10 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, mut stop: watch::Rece
     tracing::info!(connections = open, grace = ?gw.settings.grace, "closing connections");
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => {
-            if tokio::time::timeout(gw.settings.grace, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(gw.settings.grace, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("grace period over; closing the remaining connections");
             }
         }
@@ -231,9 +249,15 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            gw.metrics.global.connections.fetch_add(1, Ordering::Relaxed);
+            gw.metrics
+                .global
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
             serve_connection(stream, peer, kind, &gw, &builder, tls, watcher).await;
-            gw.metrics.global.connections.fetch_sub(1, Ordering::Relaxed);
+            gw.metrics
+                .global
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -251,7 +275,13 @@ async fn serve_connection(
         Kind::Admin => {
             let gw = Arc::clone(gw);
             let svc = service_fn(move |req| admin(Arc::clone(&gw), peer, req));
-            watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
+            watcher
+                .watch(
+                    builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned(),
+                )
+                .await
         }
         Kind::Proxy { tls: false } => {
             let gw = Arc::clone(gw);
@@ -261,12 +291,17 @@ async fn serve_connection(
                 async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
             });
             watcher
-                .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned())
+                .watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned(),
+                )
                 .await
         }
         Kind::Proxy { tls: true } => {
             let Some(acceptor) = tls else { return };
-            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
             let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -282,7 +317,11 @@ async fn serve_connection(
                 async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
             });
             watcher
-                .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned())
+                .watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned(),
+                )
                 .await
         }
     };
@@ -291,15 +330,26 @@ async fn serve_connection(
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<RespBody> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<bytes::Bytes>,
+) -> Response<RespBody> {
     let mut r = Response::new(RespBody::full(body, None));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /admin/reload`.
-async fn admin(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+async fn admin(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -311,11 +361,19 @@ async fn admin(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Re
         }
         (&Method::GET, "/metrics") => {
             let table = gw.table();
-            text(StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render(&table))
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                gw.metrics.render(&table),
+            )
         }
         (&Method::POST, "/admin/reload") => {
             if !peer.ip().is_loopback() {
-                text(StatusCode::FORBIDDEN, "application/json", "{\"error\":\"forbidden\",\"reason\":\"reload is allowed from localhost only\"}\n")
+                text(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    "{\"error\":\"forbidden\",\"reason\":\"reload is allowed from localhost only\"}\n",
+                )
             } else {
                 match gw.reload().await {
                     Ok(report) => text(
@@ -325,22 +383,31 @@ async fn admin(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Re
                     ),
                     Err(e) => {
                         let errors: Vec<String> = match &e {
-                            crate::gateway::ReloadError::Invalid(errs) => errs.iter().map(ToString::to_string).collect(),
+                            crate::gateway::ReloadError::Invalid(errs) => {
+                                errs.iter().map(ToString::to_string).collect()
+                            }
                             other => vec![other.to_string()],
                         };
                         text(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "application/json",
-                            serde_json::json!({"error": "invalid_config", "errors": errors}).to_string(),
+                            serde_json::json!({"error": "invalid_config", "errors": errors})
+                                .to_string(),
                         )
                     }
                 }
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "application/json", "{\"error\":\"method_not_allowed\"}\n")
-        }
-        _ => text(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not_found\"}\n"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "application/json",
+            "{\"error\":\"method_not_allowed\"}\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            "{\"error\":\"not_found\"}\n",
+        ),
     };
     Ok(resp)
 }

@@ -79,11 +79,17 @@ impl BackendHealth {
     }
 
     /// Records a failure. Returns true if the backend just went down.
-    pub(crate) fn record_failure(&self, unhealthy_threshold: u32, now_ms: u64, retry_after_ms: u64) -> bool {
+    pub(crate) fn record_failure(
+        &self,
+        unhealthy_threshold: u32,
+        now_ms: u64,
+        retry_after_ms: u64,
+    ) -> bool {
         self.consecutive_successes.store(0, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
-            self.retry_at_ms.store(now_ms + retry_after_ms, Ordering::Relaxed);
+            self.retry_at_ms
+                .store(now_ms + retry_after_ms, Ordering::Relaxed);
             return true;
         }
         false
@@ -276,8 +282,13 @@ impl RoutingTable {
         certs: &mut CertCache,
     ) -> Result<RoutingTable, TableError> {
         let mut next = self.clone();
-        for change in changes {
-            let old = next.remove_tenant(change.tenant());
+        // Remove every changed tenant first, then insert: a host may move from one tenant to
+        // another within one batch, and removing the old owner must not drop the new entry.
+        let olds: Vec<Option<Arc<TenantRt>>> = changes
+            .iter()
+            .map(|c| next.remove_tenant(c.tenant()))
+            .collect();
+        for (change, old) in changes.iter().zip(&olds) {
             if let Change::PutTenant(t) = change {
                 next.insert_tenant(t, old.as_deref(), metrics, certs)?;
             }
@@ -305,7 +316,8 @@ impl RoutingTable {
         metrics: &MetricsRegistry,
         certs: &mut CertCache,
     ) -> Result<(), TableError> {
-        let mut by_host: Vec<(HostPattern, Vec<Arc<RouteRt>>, Option<Arc<CertifiedKey>>)> = Vec::new();
+        let mut by_host: Vec<(HostPattern, Vec<Arc<RouteRt>>, Option<Arc<CertifiedKey>>)> =
+            Vec::new();
         let mut routes = Vec::with_capacity(t.routes.len());
         for r in &t.routes {
             let rt = Arc::new(build_route(t, r, old, metrics));
@@ -331,7 +343,10 @@ impl RoutingTable {
         let mut hosts = Vec::with_capacity(by_host.len());
         for (host, mut rs, cert) in by_host {
             rs.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
-            let entry = Arc::new(HostEntry { routes: rs.into_boxed_slice(), cert });
+            let entry = Arc::new(HostEntry {
+                routes: rs.into_boxed_slice(),
+                cert,
+            });
             match &host {
                 HostPattern::Exact(n) => self.exact.insert(n.clone(), entry),
                 HostPattern::Wildcard(s) => self.wildcard.insert(s.clone(), entry),
@@ -339,12 +354,18 @@ impl RoutingTable {
             hosts.push(host);
         }
         self.route_count += routes.len();
-        self.tenants.insert(t.id.clone(), Arc::new(TenantRt { hosts, routes }));
+        self.tenants
+            .insert(t.id.clone(), Arc::new(TenantRt { hosts, routes }));
         Ok(())
     }
 }
 
-fn build_route(t: &Tenant, r: &Route, old: Option<&TenantRt>, metrics: &MetricsRegistry) -> RouteRt {
+fn build_route(
+    t: &Tenant,
+    r: &Route,
+    old: Option<&TenantRt>,
+    metrics: &MetricsRegistry,
+) -> RouteRt {
     let old_route = old.and_then(|o| o.routes.iter().find(|x| x.id == r.id));
     let backends = r
         .backends
@@ -360,7 +381,9 @@ fn build_route(t: &Tenant, r: &Route, old: Option<&TenantRt>, metrics: &MetricsR
             let label = b.address.to_string();
             BackendRt {
                 addr: b.address,
-                authority: label.parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+                authority: label
+                    .parse()
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
                 label: label.into_boxed_str(),
                 weight: b.weight,
                 state: b.state,

@@ -40,7 +40,8 @@ pub enum TlsError {
 /// the files that changed.
 #[derive(Default)]
 pub struct CertCache {
-    loaded: HashMap<(PathBuf, PathBuf), (Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
+    loaded:
+        HashMap<(PathBuf, PathBuf), (Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
 }
 
 fn mtime(p: &PathBuf) -> Option<SystemTime> {
@@ -65,8 +66,14 @@ impl CertCache {
 
 /// Reads a PEM chain and key into a rustls certified key.
 pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
-    let cert_err = |reason: String| TlsError::Cert { path: files.cert.clone(), reason };
-    let key_err = |reason: String| TlsError::Key { path: files.key.clone(), reason };
+    let cert_err = |reason: String| TlsError::Cert {
+        path: files.cert.clone(),
+        reason,
+    };
+    let key_err = |reason: String| TlsError::Key {
+        path: files.key.clone(),
+        reason,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| cert_err(e.to_string()))?
         .collect::<Result<_, _>>()
@@ -78,7 +85,8 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| key_err(format!("unsupported key: {e}")))?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
+    ck.keys_match()
+        .map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
     Ok(ck)
 }
 

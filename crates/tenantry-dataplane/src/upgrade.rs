@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 
 use crate::server::{Listeners, StopMode, Stopper};
@@ -36,8 +37,15 @@ pub struct Handover {
 
 /// Connects to the running instance's upgrade socket and receives its listeners.
 pub fn take_over(path: &Path) -> io::Result<(Listeners, Handover)> {
-    let stream = UnixStream::connect(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot reach the running instance at {}: {e}", path.display())))?;
+    let stream = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach the running instance at {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut data = [0u8; 16];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
@@ -55,27 +63,49 @@ pub fn take_over(path: &Path) -> io::Result<(Listeners, Handover)> {
         }
     }
     if msg.bytes < 6 || &data[..5] != MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected handover message from the running instance"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected handover message from the running instance",
+        ));
     }
     let flags = data[5];
     let expected = 1 + usize::from(flags & FLAG_TLS != 0) + usize::from(flags & FLAG_ADMIN != 0);
     if fds.len() != expected {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("expected {expected} listener sockets from the running instance, got {}", fds.len()),
+            format!(
+                "expected {expected} listener sockets from the running instance, got {}",
+                fds.len()
+            ),
         ));
     }
     let mut fds = fds.into_iter();
     let mut next = || -> io::Result<StdTcpListener> {
-        let fd = fds.next().ok_or_else(|| io::Error::other("missing listener socket"))?;
+        let fd = fds
+            .next()
+            .ok_or_else(|| io::Error::other("missing listener socket"))?;
         let l = StdTcpListener::from(fd);
         l.set_nonblocking(true)?;
         Ok(l)
     };
     let http = next()?;
-    let tls = if flags & FLAG_TLS != 0 { Some(next()?) } else { None };
-    let admin = if flags & FLAG_ADMIN != 0 { Some(next()?) } else { None };
-    Ok((Listeners { http, tls, admin }, Handover { stream, path: path.to_path_buf() }))
+    let tls = if flags & FLAG_TLS != 0 {
+        Some(next()?)
+    } else {
+        None
+    };
+    let admin = if flags & FLAG_ADMIN != 0 {
+        Some(next()?)
+    } else {
+        None
+    };
+    Ok((
+        Listeners { http, tls, admin },
+        Handover {
+            stream,
+            path: path.to_path_buf(),
+        },
+    ))
 }
 
 impl Handover {
@@ -83,7 +113,8 @@ impl Handover {
     /// upgrade socket, and returns the path to bind for the next upgrade.
     pub fn confirm(mut self) -> io::Result<PathBuf> {
         self.stream.write_all(b"OK")?;
-        self.stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut rest = Vec::new();
         // The old process closes the stream after releasing the socket.
         let _ = self.stream.read_to_end(&mut rest);
@@ -103,8 +134,16 @@ impl HandoverFds {
     pub fn from_listeners(l: &Listeners) -> io::Result<Self> {
         Ok(Self {
             http: l.http.as_fd().try_clone_to_owned()?,
-            tls: l.tls.as_ref().map(|t| t.as_fd().try_clone_to_owned()).transpose()?,
-            admin: l.admin.as_ref().map(|a| a.as_fd().try_clone_to_owned()).transpose()?,
+            tls: l
+                .tls
+                .as_ref()
+                .map(|t| t.as_fd().try_clone_to_owned())
+                .transpose()?,
+            admin: l
+                .admin
+                .as_ref()
+                .map(|a| a.as_fd().try_clone_to_owned())
+                .transpose()?,
         })
     }
 }
@@ -133,8 +172,12 @@ async fn accept_upgrades(path: &Path, fds: HandoverFds, stopper: &Stopper) -> io
         // A stale socket from a previous run (or the one we took over from, already released).
         let _ = std::fs::remove_file(path);
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind upgrade socket {}: {e}", path.display())))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind upgrade socket {}: {e}", path.display()),
+        )
+    })?;
     tracing::info!(socket = %path.display(), "upgrade socket ready");
     let fds = std::sync::Arc::new(fds);
     loop {
@@ -153,7 +196,9 @@ async fn accept_upgrades(path: &Path, fds: HandoverFds, stopper: &Stopper) -> io
                 drop(stream);
                 return Ok(());
             }
-            Err(e) => tracing::error!(error = %e, "upgrade handover failed; this process keeps serving"),
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade handover failed; this process keeps serving")
+            }
         }
     }
 }
@@ -177,13 +222,21 @@ fn hand_over(mut stream: UnixStream, fds: &HandoverFds) -> io::Result<UnixStream
     let mut header = [0u8; 6];
     header[..5].copy_from_slice(MAGIC);
     header[5] = flags;
-    rustix::net::sendmsg(stream.as_fd(), &[IoSlice::new(&header)], &mut cmsg, SendFlags::empty())?;
+    rustix::net::sendmsg(
+        stream.as_fd(),
+        &[IoSlice::new(&header)],
+        &mut cmsg,
+        SendFlags::empty(),
+    )?;
     // Wait for the new process to confirm that it serves.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut ok = [0u8; 2];
     stream.read_exact(&mut ok)?;
     if &ok != b"OK" {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected confirmation"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected confirmation",
+        ));
     }
     Ok(stream)
 }

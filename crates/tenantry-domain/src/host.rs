@@ -142,7 +142,10 @@ mod tests {
         );
         assert_eq!(HostPattern::parse(""), Err(HostError::Empty));
         assert_eq!(HostPattern::parse("a.*.b"), Err(HostError::BadWildcard));
-        assert_eq!(HostPattern::parse("a..b"), Err(HostError::BadLabel(String::new())));
+        assert_eq!(
+            HostPattern::parse("a..b"),
+            Err(HostError::BadLabel(String::new()))
+        );
         assert_eq!(HostPattern::parse("a b"), Err(HostError::InvalidChar(' ')));
     }
 

@@ -86,7 +86,11 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expect: Result<(), IdError>) {
-        assert_eq!(TenantId::parse(input).map(|_| ()), expect, "input {input:?}");
+        assert_eq!(
+            TenantId::parse(input).map(|_| ()),
+            expect,
+            "input {input:?}"
+        );
     }
 
     #[test]

@@ -198,17 +198,16 @@ mod tests {
     }
 
     fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
-        proptest::collection::vec(
-            (0u8..6, prop_oneof!["free", "pro"], 0usize..3),
-            0..6,
+        proptest::collection::vec((0u8..6, prop_oneof!["free", "pro"], 0usize..3), 0..6).prop_map(
+            |items| {
+                Snapshot::from_tenants(items.into_iter().map(|(n, plan, routes)| {
+                    let hosts: Vec<String> =
+                        (0..routes).map(|r| format!("h{r}.t{n}.test")).collect();
+                    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                    tenant(&format!("t{n}"), &plan, &refs)
+                }))
+            },
         )
-        .prop_map(|items| {
-            Snapshot::from_tenants(items.into_iter().map(|(n, plan, routes)| {
-                let hosts: Vec<String> = (0..routes).map(|r| format!("h{r}.t{n}.test")).collect();
-                let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
-                tenant(&format!("t{n}"), &plan, &refs)
-            }))
-        })
     }
 
     proptest! {
@@ -231,7 +230,9 @@ mod tests {
         ]);
         let c = s.conflicts();
         assert_eq!(c.len(), 2, "{c:?}");
-        assert!(matches!(&c[0], Conflict::DuplicateRoute { second, .. } if second.as_str() == "r1"));
+        assert!(
+            matches!(&c[0], Conflict::DuplicateRoute { second, .. } if second.as_str() == "r1")
+        );
         assert!(
             matches!(&c[1], Conflict::HostOwnedByOtherTenant { claimant, .. } if claimant.as_str() == "b")
         );

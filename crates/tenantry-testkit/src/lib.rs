@@ -31,7 +31,8 @@ impl TempDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("tenantry-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
+        std::fs::create_dir_all(&p)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
         Self(p)
     }
 
@@ -69,12 +70,19 @@ impl Lines {
 
     /// The lines so far parsed as JSON (others skipped).
     pub fn json(&self) -> Vec<serde_json::Value> {
-        self.all().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.all()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Whether some line contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.contains(needle))
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     /// Waits until some line contains `needle`.
@@ -141,7 +149,11 @@ impl Tenantry {
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap_or_else(|e| panic!("cannot write config: {e}"));
         let socket = dir.path().join("upgrade.sock");
-        let mut args = vec!["serve".to_owned(), "--config".into(), config.display().to_string()];
+        let mut args = vec![
+            "serve".to_owned(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
         args.push("--upgrade-socket".into());
         args.push(socket.display().to_string());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -158,10 +170,23 @@ impl Tenantry {
             "--upgrade-socket".into(),
             self.upgrade_socket.display().to_string(),
         ];
-        Self::spawn(bin, &args, self.config.clone(), self.upgrade_socket.clone(), Arc::clone(&self.dir)).await
+        Self::spawn(
+            bin,
+            &args,
+            self.config.clone(),
+            self.upgrade_socket.clone(),
+            Arc::clone(&self.dir),
+        )
+        .await
     }
 
-    async fn spawn(bin: &Path, args: &[String], config: PathBuf, socket: PathBuf, dir: Arc<TempDir>) -> Self {
+    async fn spawn(
+        bin: &Path,
+        args: &[String],
+        config: PathBuf,
+        socket: PathBuf,
+        dir: Arc<TempDir>,
+    ) -> Self {
         let echo = std::env::var_os("TENANTRY_TEST_ECHO").is_some();
         let mut child = Command::new(bin)
             .args(args)
@@ -189,11 +214,17 @@ impl Tenantry {
                 break v;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("tenantry exited with {status} before listening:\n{}", stderr.all().join("\n"));
+                panic!(
+                    "tenantry exited with {status} before listening:\n{}",
+                    stderr.all().join("\n")
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("tenantry did not start in time:\n{}", stderr.all().join("\n"));
+                panic!(
+                    "tenantry did not start in time:\n{}",
+                    stderr.all().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -229,10 +260,24 @@ impl Tenantry {
 
     /// `POST /admin/reload`: status and JSON body.
     pub async fn reload(&self) -> (StatusCode, serde_json::Value) {
-        let admin = self.admin.unwrap_or_else(|| panic!("no admin listener configured"));
-        let r = HttpClient::new().request("POST", admin, "localhost", "/admin/reload", &[], Bytes::new()).await;
+        let admin = self
+            .admin
+            .unwrap_or_else(|| panic!("no admin listener configured"));
+        let r = HttpClient::new()
+            .request(
+                "POST",
+                admin,
+                "localhost",
+                "/admin/reload",
+                &[],
+                Bytes::new(),
+            )
+            .await;
         let r = r.unwrap_or_else(|e| panic!("reload request failed: {e}"));
-        (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Sends a signal (`HUP`, `TERM`, `QUIT`, `KILL`) with `kill(1)`.
@@ -290,7 +335,10 @@ impl Reply {
 
     /// For echo backends: which backend answered.
     pub fn backend(&self) -> String {
-        self.json()["backend"].as_str().unwrap_or_default().to_owned()
+        self.json()["backend"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -321,7 +369,8 @@ impl HttpClient {
 
     /// `GET http://addr{path}` with `Host: host`.
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
-        self.request("GET", addr, host, path, &[], Bytes::new()).await
+        self.request("GET", addr, host, path, &[], Bytes::new())
+            .await
     }
 
     /// Any request.
@@ -348,7 +397,11 @@ impl HttpClient {
             .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply { status: parts.status, headers: parts.headers, body })
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 

@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Serve(args) => serve::run(args),
-        cli::Command::Config { command: cli::ConfigCommand::Check { file } } => serve::check(&file),
+        cli::Command::Config {
+            command: cli::ConfigCommand::Check { file },
+        } => serve::check(&file),
         cli::Command::DemoBackends(args) => serve::demo_backends(args),
     }
 }

@@ -16,7 +16,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::{DemoArgs, ServeArgs};
 
 /// The example configuration used when `serve` gets no `--config`.
-const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml");
+const QUICKSTART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/quickstart.yaml"
+);
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG")
@@ -74,7 +77,11 @@ pub fn check(file: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let routes: usize = config.snapshot.tenants().map(|t| t.routes.len()).sum();
-    println!("{}: ok ({} tenants, {routes} routes)", file.display(), config.snapshot.len());
+    println!(
+        "{}: ok ({} tenants, {routes} routes)",
+        file.display(),
+        config.snapshot.len()
+    );
     ExitCode::SUCCESS
 }
 
@@ -102,7 +109,10 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     if let Some(n) = threads {
         b.worker_threads(n);
     }
-    b.enable_all().thread_name("tenantry").build().context("cannot start the runtime")
+    b.enable_all()
+        .thread_name("tenantry")
+        .build()
+        .context("cannot start the runtime")
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -125,7 +135,10 @@ async fn shutdown_signal() -> &'static str {
 pub fn run(args: ServeArgs) -> ExitCode {
     init_tracing();
     let demo = args.demo_backends || args.config.is_none();
-    let path = args.config.clone().unwrap_or_else(|| PathBuf::from(QUICKSTART));
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(QUICKSTART));
     let config = match load(&path) {
         Ok(c) => c,
         Err(msg) => {
@@ -134,7 +147,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report(runtime(config.server.threads).and_then(|rt| rt.block_on(serve(args, path, config, demo))))
+    report(
+        runtime(config.server.threads).and_then(|rt| rt.block_on(serve(args, path, config, demo))),
+    )
 }
 
 async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool) -> Result<()> {
@@ -143,7 +158,11 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
         let addrs: BTreeSet<SocketAddr> = config
             .snapshot
             .tenants()
-            .flat_map(|t| t.routes.iter().flat_map(|r| r.backends.iter().map(|b| b.address)))
+            .flat_map(|t| {
+                t.routes
+                    .iter()
+                    .flat_map(|r| r.backends.iter().map(|b| b.address))
+            })
             .collect();
         for addr in addrs {
             match EchoBackend::start(addr, &addr.to_string()).await {
@@ -163,7 +182,8 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
     };
     let (http, tls, admin) = listeners.local_addrs();
     let fds = upgrade::HandoverFds::from_listeners(&listeners)?;
-    let gw = Gateway::new(config.clone(), Some(path.clone())).context("cannot build the routing table")?;
+    let gw = Gateway::new(config.clone(), Some(path.clone()))
+        .context("cannot build the routing table")?;
     let table = gw.table();
     tracing::info!(
         http = %addr_str(http),
@@ -179,7 +199,11 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
 
     let (stopper, stop_rx) = tenantry_dataplane::stopper();
     tokio::spawn(handle_signals(Arc::clone(&gw), stopper.clone()));
-    let serving = tokio::spawn(tenantry_dataplane::serve(Arc::clone(&gw), listeners, stop_rx));
+    let serving = tokio::spawn(tenantry_dataplane::serve(
+        Arc::clone(&gw),
+        listeners,
+        stop_rx,
+    ));
 
     let socket = match handover {
         Some(h) => tokio::task::spawn_blocking(move || h.confirm()).await??,
@@ -201,8 +225,16 @@ fn addr_str(a: Option<SocketAddr>) -> String {
     a.map(|a| a.to_string()).unwrap_or_default()
 }
 
-fn upgrade_socket(args: &ServeArgs, config: &GatewayConfig, http: Option<SocketAddr>) -> Result<PathBuf> {
-    if let Some(p) = args.upgrade_socket.clone().or_else(|| config.server.upgrade_socket.clone()) {
+fn upgrade_socket(
+    args: &ServeArgs,
+    config: &GatewayConfig,
+    http: Option<SocketAddr>,
+) -> Result<PathBuf> {
+    if let Some(p) = args
+        .upgrade_socket
+        .clone()
+        .or_else(|| config.server.upgrade_socket.clone())
+    {
         return Ok(p);
     }
     let port = http.map_or(config.server.listen.port(), |a| a.port());

@@ -38,10 +38,19 @@ fn accepts_the_documented_example() {
     let t = cfg.snapshot.tenants().next().unwrap();
     let r = &t.routes[0];
     assert_eq!(r.algorithm, Algorithm::LeastConn);
-    assert_eq!(r.tls.as_ref().unwrap().cert, PathBuf::from("/etc/tenantry/certs/acme.pem"));
-    assert_eq!(r.health_check.as_ref().unwrap().timeout, Duration::from_millis(500));
+    assert_eq!(
+        r.tls.as_ref().unwrap().cert,
+        PathBuf::from("/etc/tenantry/certs/acme.pem")
+    );
+    assert_eq!(
+        r.health_check.as_ref().unwrap().timeout,
+        Duration::from_millis(500)
+    );
     assert_eq!(r.backends[1].state, BackendState::Drain);
-    assert_eq!(cfg.server.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(
+        cfg.server.admin_listen,
+        Some("127.0.0.1:9000".parse().unwrap())
+    );
 }
 
 #[test]
@@ -107,10 +116,14 @@ tenants:
 
 #[test]
 fn unknown_keys_are_errors() {
-    let err = parse_yaml("listen: 127.0.0.1:1\nlisen: x\n").unwrap_err().to_string();
-    assert!(err.contains("lisen"), "{err}");
-    let err = parse_yaml("tenants:\n  - id: a\n    routes:\n      - id: r\n        host: h\n        backend: []\n")
+    let err = parse_yaml("listen: 127.0.0.1:1\nlisen: x\n")
         .unwrap_err()
         .to_string();
+    assert!(err.contains("lisen"), "{err}");
+    let err = parse_yaml(
+        "tenants:\n  - id: a\n    routes:\n      - id: r\n        host: h\n        backend: []\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("backend"), "{err}");
 }

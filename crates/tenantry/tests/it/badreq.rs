@@ -7,7 +7,17 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejects_smuggling_oversized_headers_and_garbage() {
     let b = echo_backends(1).await;
-    let mut t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0]], ""))).await;
+    let mut t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0]],
+            "",
+        )),
+    )
+    .await;
     let d = Duration::from_secs(3);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
@@ -28,7 +38,11 @@ async fn rejects_smuggling_oversized_headers_and_garbage() {
     ];
     for (req, want) in &cases {
         let got = raw_request(t.http, req, d).await;
-        assert!(got.starts_with(want), "sent {:?}\nwant {want}, got {got:?}", String::from_utf8_lossy(&req[..req.len().min(80)]));
+        assert!(
+            got.starts_with(want),
+            "sent {:?}\nwant {want}, got {got:?}",
+            String::from_utf8_lossy(&req[..req.len().min(80)])
+        );
     }
     assert_eq!(b[0].hits(), 0, "no malformed request reached the backend");
 
@@ -45,13 +59,26 @@ async fn rejects_smuggling_oversized_headers_and_garbage() {
         );
         let before = b[0].hits();
         let got = raw_request(t.http, smuggle.as_bytes(), d).await;
-        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "one response only: {got}");
-        assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
+        assert_eq!(
+            got.matches("HTTP/1.1 ").count(),
+            1,
+            "one response only: {got}"
+        );
+        assert!(
+            got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
         assert!(!got.contains("/smuggled"), "{got}");
-        assert!(b[0].hits() <= before + 1, "the hidden request reached the backend");
+        assert!(
+            b[0].hits() <= before + 1,
+            "the hidden request reached the backend"
+        );
     }
     // Still alive and serving.
     assert!(t.is_running());
-    let r = HttpClient::new().get(t.http, "acme.localhost", "/").await.unwrap();
+    let r = HttpClient::new()
+        .get(t.http, "acme.localhost", "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
 }

@@ -13,26 +13,54 @@ fn prints_every_error_with_its_path_and_exits_1() {
         "listen: 127.0.0.1:8080\ntenants:\n  - id: ok\n    routes:\n      - { id: web, host: ok.localhost, backends: [ { address: 127.0.0.1:1 } ] }\n  - id: acme\n    routes:\n      - id: web\n        host: acme.localhost\n        algorithm: fastest\n        backends:\n          - { address: 127.0.0.1:1 }\n          - { address: 127.0.0.1:2 }\n          - { address: \"127.0.0.1:\" }\n",
     )
     .unwrap();
-    let out = Command::new(bin()).args(["config", "check"]).arg(&file).output().unwrap();
+    let out = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tenants[1].routes[0].algorithm: unknown algorithm \"fastest\""), "{err}");
-    assert!(err.contains("tenants[1].routes[0].backends[2].address: invalid socket address \"127.0.0.1:\""), "{err}");
+    assert!(
+        err.contains("tenants[1].routes[0].algorithm: unknown algorithm \"fastest\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "tenants[1].routes[0].backends[2].address: invalid socket address \"127.0.0.1:\""
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn accepts_the_quickstart_and_reports_unknown_keys_and_bad_certs() {
     let out = Command::new(bin())
-        .args(["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml")])
+        .args([
+            "config",
+            "check",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/quickstart.yaml"
+            ),
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 tenants, 2 routes)"));
 
     let dir = TempDir::new();
     let file = dir.path().join("typo.yaml");
     std::fs::write(&file, "listen: 127.0.0.1:1\ntenats: []\n").unwrap();
-    let out = Command::new(bin()).args(["config", "check"]).arg(&file).output().unwrap();
+    let out = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenats"));
 
@@ -41,10 +69,17 @@ fn accepts_the_quickstart_and_reports_unknown_keys_and_bad_certs() {
         "tenants:\n  - id: a\n    routes:\n      - { id: web, host: a.localhost, tls: { cert: missing.pem, key: missing.key }, backends: [ { address: 127.0.0.1:1 } ] }\n",
     )
     .unwrap();
-    let out = Command::new(bin()).args(["config", "check"]).arg(&file).output().unwrap();
+    let out = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tenants[0].routes[0].tls: certificate") && err.contains("missing.pem"), "{err}");
+    assert!(
+        err.contains("tenants[0].routes[0].tls: certificate") && err.contains("missing.pem"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,7 +87,13 @@ fn serve_refuses_an_invalid_file() {
     let dir = TempDir::new();
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, "listen: nowhere\n").unwrap();
-    let out = Command::new(bin()).args(["serve", "--config"]).arg(&file).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen: invalid socket address \"nowhere\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen: invalid socket address \"nowhere\"")
+    );
 }

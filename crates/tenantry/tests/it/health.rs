@@ -9,10 +9,23 @@ const HC: &str = "        health_check: { path: /healthz, interval: 100ms, timeo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
     let mut b = echo_backends(2).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0], &b[1]], HC))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0], &b[1]],
+            HC,
+        )),
+    )
+    .await;
     let c = HttpClient::new();
     for _ in 0..4 {
-        assert_eq!(c.get(t.http, "acme.localhost", "/").await.unwrap().status, 200);
+        assert_eq!(
+            c.get(t.http, "acme.localhost", "/").await.unwrap().status,
+            200
+        );
     }
     let dead_addr = b[1].addr;
     b.pop().unwrap().stop();
@@ -22,11 +35,21 @@ async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.backend(), "b0");
     }
-    assert!(t.stderr.wait_for("backend ejected", Duration::from_secs(2)).await || t.stderr.contains("\"state\":\"down\""));
+    assert!(
+        t.stderr
+            .wait_for("backend ejected", Duration::from_secs(2))
+            .await
+            || t.stderr.contains("\"state\":\"down\"")
+    );
     let admin = t.admin.unwrap();
     let metrics = c.get(admin, "localhost", "/metrics").await.unwrap();
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(text.contains(&format!("tenantry_backend_up{{tenant=\"acme\",route=\"web\",backend=\"{dead_addr}\"}} 0")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "tenantry_backend_up{{tenant=\"acme\",route=\"web\",backend=\"{dead_addr}\"}} 0"
+        )),
+        "{text}"
+    );
 
     // Restarted: the active check brings it back after 2 successes.
     let back = restart_backend(dead_addr, "b1").await;
@@ -36,7 +59,10 @@ async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
         if r.backend() == "b1" {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted backend was not re-admitted");
+        assert!(
+            Instant::now() < deadline,
+            "restarted backend was not re-admitted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(back.hits() > 0);
@@ -45,20 +71,51 @@ async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_health_endpoint_takes_backend_out_until_it_recovers() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0], &b[1]], HC))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0], &b[1]],
+            HC,
+        )),
+    )
+    .await;
     let c = HttpClient::new();
     b[0].set_health_status(500);
-    assert!(t.stderr.wait_for("\"state\":\"down\"", Duration::from_secs(3)).await, "no down transition logged");
+    assert!(
+        t.stderr
+            .wait_for("\"state\":\"down\"", Duration::from_secs(3))
+            .await,
+        "no down transition logged"
+    );
     let before = b[0].hits();
     for _ in 0..20 {
-        assert_eq!(c.get(t.http, "acme.localhost", "/").await.unwrap().backend(), "b1");
+        assert_eq!(
+            c.get(t.http, "acme.localhost", "/")
+                .await
+                .unwrap()
+                .backend(),
+            "b1"
+        );
     }
     assert_eq!(b[0].hits(), before, "an unhealthy backend got traffic");
     b[0].set_health_status(200);
-    assert!(t.stderr.wait_for("\"state\":\"up\"", Duration::from_secs(3)).await, "no up transition logged");
+    assert!(
+        t.stderr
+            .wait_for("\"state\":\"up\"", Duration::from_secs(3))
+            .await,
+        "no up transition logged"
+    );
     let mut seen_b0 = false;
     for _ in 0..10 {
-        seen_b0 |= c.get(t.http, "acme.localhost", "/").await.unwrap().backend() == "b0";
+        seen_b0 |= c
+            .get(t.http, "acme.localhost", "/")
+            .await
+            .unwrap()
+            .backend()
+            == "b0";
     }
     assert!(seen_b0);
 }
@@ -66,18 +123,35 @@ async fn failing_health_endpoint_takes_backend_out_until_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ejection_on_5xx_without_active_checks() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0], &b[1]], ""))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0], &b[1]],
+            "",
+        )),
+    )
+    .await;
     let c = HttpClient::new();
     // /status/502 makes whichever backend answers return 502; three in a row on b0 eject it.
     let mut fives = 0;
     for _ in 0..6 {
-        let r = c.get(t.http, "acme.localhost", "/status/502").await.unwrap();
+        let r = c
+            .get(t.http, "acme.localhost", "/status/502")
+            .await
+            .unwrap();
         if r.status == 502 {
             fives += 1;
         }
     }
     assert_eq!(fives, 6, "5xx from upstreams are passed through");
-    assert!(t.stderr.wait_for("backend ejected", Duration::from_secs(2)).await);
+    assert!(
+        t.stderr
+            .wait_for("backend ejected", Duration::from_secs(2))
+            .await
+    );
     // Both backends answered 502 three times: both are out, so the route has no healthy backend.
     let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
     assert_eq!(r.status, 503);

@@ -31,7 +31,17 @@ async fn weighted_round_robin_follows_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
     let b = echo_backends(3).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0], &b[1], &b[2]], ""))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0], &b[1], &b[2]],
+            "",
+        )),
+    )
+    .await;
     let d = distribution(&t, "acme.localhost", 300).await;
     for name in ["b0", "b1", "b2"] {
         let n = d.get(name).copied().unwrap_or(0);
@@ -42,43 +52,83 @@ async fn round_robin_spreads_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_keeps_a_client_on_one_backend() {
     let b = echo_backends(3).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "ip_hash", &[&b[0], &b[1], &b[2]], ""))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "ip_hash",
+            &[&b[0], &b[1], &b[2]],
+            "",
+        )),
+    )
+    .await;
     let d = distribution(&t, "acme.localhost", 60).await;
-    assert_eq!(d.len(), 1, "one client address must stick to one backend: {d:?}");
+    assert_eq!(
+        d.len(),
+        1,
+        "one client address must stick to one backend: {d:?}"
+    );
     // Consistent hashing: removing another backend from the route does not move the client.
     let sticky = d.keys().next().unwrap().clone();
     let keep: Vec<&EchoBackend> = b
         .iter()
         .enumerate()
-        .filter(|(i, _)| format!("b{i}") == sticky || (*i == 0 && sticky != "b0") || (*i == 1 && sticky == "b0"))
+        .filter(|(i, _)| {
+            format!("b{i}") == sticky || (*i == 0 && sticky != "b0") || (*i == 1 && sticky == "b0")
+        })
         .map(|(_, x)| x)
         .collect();
     assert_eq!(keep.len(), 2);
-    t.write_config(&config(&tenant("acme", "acme.localhost", "ip_hash", &keep, "")));
+    t.write_config(&config(&tenant(
+        "acme",
+        "acme.localhost",
+        "ip_hash",
+        &keep,
+        "",
+    )));
     let (status, body) = t.reload().await;
     assert_eq!(status, 200, "{body}");
     let d2 = distribution(&t, "acme.localhost", 20).await;
-    assert_eq!(d2.keys().collect::<Vec<_>>(), vec![&sticky], "client moved after a reload: {d2:?}");
+    assert_eq!(
+        d2.keys().collect::<Vec<_>>(),
+        vec![&sticky],
+        "client moved after a reload: {d2:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_avoids_the_busy_backend() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "least_conn", &[&b[0], &b[1]], ""))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "least_conn",
+            &[&b[0], &b[1]],
+            "",
+        )),
+    )
+    .await;
     // Occupy one backend with slow requests.
     let c = HttpClient::new();
     let mut slow = Vec::new();
     for _ in 0..2 {
         let c = c.clone();
         let addr = t.http;
-        slow.push(tokio::spawn(async move { c.get(addr, "acme.localhost", "/slow?ms=1500").await }));
+        slow.push(tokio::spawn(async move {
+            c.get(addr, "acme.localhost", "/slow?ms=1500").await
+        }));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // Two slow requests: least_conn put one on each backend. A third makes one backend busier.
     let c2 = c.clone();
     let addr = t.http;
-    slow.push(tokio::spawn(async move { c2.get(addr, "acme.localhost", "/slow?ms=1500").await }));
+    slow.push(tokio::spawn(async move {
+        c2.get(addr, "acme.localhost", "/slow?ms=1500").await
+    }));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let fast = distribution(&t, "acme.localhost", 10).await;
     let mut busy = HashMap::new();
@@ -86,7 +136,19 @@ async fn least_conn_avoids_the_busy_backend() {
         let r = s.await.unwrap().unwrap();
         *busy.entry(r.backend()).or_insert(0) += 1;
     }
-    let busiest = busy.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone()).unwrap();
-    assert_eq!(busy.len(), 2, "slow requests spread over both backends: {busy:?}");
-    assert_eq!(fast.get(&busiest), None, "fast requests avoided {busiest}: fast {fast:?}, slow {busy:?}");
+    let busiest = busy
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    assert_eq!(
+        busy.len(),
+        2,
+        "slow requests spread over both backends: {busy:?}"
+    );
+    assert_eq!(
+        fast.get(&busiest),
+        None,
+        "fast requests avoided {busiest}: fast {fast:?}, slow {busy:?}"
+    );
 }

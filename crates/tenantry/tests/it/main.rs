@@ -29,8 +29,17 @@ pub fn config(tenants: &str) -> String {
 }
 
 /// One tenant with one route to the given backends.
-pub fn tenant(id: &str, host: &str, algorithm: &str, backends: &[&EchoBackend], extra: &str) -> String {
-    let list: Vec<String> = backends.iter().map(|b| format!("{{ address: {} }}", b.addr)).collect();
+pub fn tenant(
+    id: &str,
+    host: &str,
+    algorithm: &str,
+    backends: &[&EchoBackend],
+    extra: &str,
+) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address: {} }}", b.addr))
+        .collect();
     format!(
         "  - id: {id}\n    routes:\n      - id: web\n        host: \"{host}\"\n        algorithm: {algorithm}\n{extra}        backends: [ {} ]\n",
         list.join(", ")

@@ -61,7 +61,17 @@ async fn unknown_host_no_route_and_no_healthy_backend_are_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_headers_and_request_ids() {
     let b = echo_backends(1).await;
-    let t = Tenantry::start(bin(), &config(&tenant("acme", "acme.localhost", "round_robin", &[&b[0]], ""))).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0]],
+            "",
+        )),
+    )
+    .await;
     let c = HttpClient::new();
 
     let r = c.get(t.http, "acme.localhost:80", "/p?q=1").await.unwrap();
@@ -73,7 +83,10 @@ async fn forwards_headers_and_request_ids() {
     assert_eq!(j["query"], "q=1");
     let generated = r.headers["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 32);
-    assert_eq!(j["x_request_id"], generated, "the backend sees the id the client gets");
+    assert_eq!(
+        j["x_request_id"], generated,
+        "the backend sees the id the client gets"
+    );
 
     let r = c
         .request(
@@ -81,7 +94,12 @@ async fn forwards_headers_and_request_ids() {
             t.http,
             "acme.localhost",
             "/",
-            &[("x-request-id", "client-id-42"), ("x-forwarded-for", "10.9.8.7"), ("connection", "keep-alive, x-drop"), ("x-drop", "1")],
+            &[
+                ("x-request-id", "client-id-42"),
+                ("x-forwarded-for", "10.9.8.7"),
+                ("connection", "keep-alive, x-drop"),
+                ("x-drop", "1"),
+            ],
             bytes::Bytes::new(),
         )
         .await
@@ -90,11 +108,18 @@ async fn forwards_headers_and_request_ids() {
     let j = r.json();
     assert_eq!(j["x_request_id"], "client-id-42");
     assert_eq!(j["x_forwarded_for"], "10.9.8.7, 127.0.0.1");
-    assert_eq!(j["connection"], serde_json::Value::Null, "hop-by-hop Connection is not forwarded");
+    assert_eq!(
+        j["connection"],
+        serde_json::Value::Null,
+        "hop-by-hop Connection is not forwarded"
+    );
 
     // A POST body reaches the backend intact.
     let body = bytes::Bytes::from(vec![b'x'; 100_000]);
-    let r = c.request("POST", t.http, "acme.localhost", "/upload", &[], body).await.unwrap();
+    let r = c
+        .request("POST", t.http, "acme.localhost", "/upload", &[], body)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_bytes"], 100_000);
 }

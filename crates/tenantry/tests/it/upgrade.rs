@@ -107,7 +107,10 @@ fn with_backend_attrs(yaml: &str, b: &EchoBackend, attrs: &str) -> String {
 
 /// GET with a fresh client (so a fresh connection): status, or the transport error.
 async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Result<u16, String> {
-    HttpClient::new().get(addr, host, path).await.map(|r| r.status.as_u16())
+    HttpClient::new()
+        .get(addr, host, path)
+        .await
+        .map(|r| r.status.as_u16())
 }
 
 /// Waits until `f()` holds, polling every 10 ms.
@@ -125,7 +128,9 @@ async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Upgrades `old` to a new process while load runs, and checks the handover lost nothing.
 async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
     assert!(
-        old.stderr.wait_for("upgrade socket ready", Duration::from_secs(10)).await,
+        old.stderr
+            .wait_for("upgrade socket ready", Duration::from_secs(10))
+            .await,
         "round {round}: the running process never bound the upgrade socket:\n{}",
         tail(&old.stderr, 30)
     );
@@ -133,8 +138,14 @@ async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let upgrade_started = Instant::now();
     let mut new = old.upgrade(bin()).await;
-    assert_eq!(new.http, old.http, "round {round}: the new process serves another address");
-    assert_eq!(new.admin, old.admin, "round {round}: the new process has another admin address");
+    assert_eq!(
+        new.http, old.http,
+        "round {round}: the new process serves another address"
+    );
+    assert_eq!(
+        new.admin, old.admin,
+        "round {round}: the new process has another admin address"
+    );
     assert_ne!(new.pid(), old.pid());
     // Keep the load going through the handover and the old process's drain.
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(upgrade_started.elapsed())).await;
@@ -147,7 +158,11 @@ async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
             tail(&old.stderr, 30)
         )
     });
-    assert!(exit.success(), "round {round}: the old process exited with {exit}:\n{}", tail(&old.stderr, 30));
+    assert!(
+        exit.success(),
+        "round {round}: the old process exited with {exit}:\n{}",
+        tail(&old.stderr, 30)
+    );
     assert!(
         old.stderr.contains("a new process took over the listeners"),
         "round {round}: the old process did not log the handover:\n{}",
@@ -159,7 +174,11 @@ async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
         stats.failed,
         upgrade_started.elapsed()
     );
-    assert!(new.is_running(), "round {round}: the new process died:\n{}", tail(&new.stderr, 30));
+    assert!(
+        new.is_running(),
+        "round {round}: the new process died:\n{}",
+        tail(&new.stderr, 30)
+    );
     assert_eq!(
         stats.failed,
         0,
@@ -170,12 +189,24 @@ async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
         tail(&old.stderr, 20),
         tail(&new.stderr, 20)
     );
-    assert!(stats.ok > 200, "round {round}: only {} requests succeeded under load", stats.ok);
-    // The old one is gone: this is served by the new process.
-    let r = HttpClient::new().get(new.http, HOST, "/after-upgrade").await.expect("GET after the upgrade");
-    assert_eq!(r.status, 200, "round {round}: GET after the old process exited: {r:?}");
     assert!(
-        new.stdout.wait_for("/after-upgrade", Duration::from_secs(3)).await,
+        stats.ok > 200,
+        "round {round}: only {} requests succeeded under load",
+        stats.ok
+    );
+    // The old one is gone: this is served by the new process.
+    let r = HttpClient::new()
+        .get(new.http, HOST, "/after-upgrade")
+        .await
+        .expect("GET after the upgrade");
+    assert_eq!(
+        r.status, 200,
+        "round {round}: GET after the old process exited: {r:?}"
+    );
+    assert!(
+        new.stdout
+            .wait_for("/after-upgrade", Duration::from_secs(3))
+            .await,
         "round {round}: the new process's access log does not show the request"
     );
     new
@@ -184,13 +215,22 @@ async fn upgrade_under_load(old: &mut Tenantry, round: u32) -> Tenantry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_continuous_load_loses_no_request() {
     let backends = echo_backends(2).await;
-    let yaml = config(&tenant("acme", HOST, "round_robin", &[&backends[0], &backends[1]], ""));
+    let yaml = config(&tenant(
+        "acme",
+        HOST,
+        "round_robin",
+        &[&backends[0], &backends[1]],
+        "",
+    ));
     let mut first = Tenantry::start(bin(), &yaml).await;
     let mut second = upgrade_under_load(&mut first, 1).await;
     // The second process bound the upgrade socket itself: it can hand over again.
     let mut third = upgrade_under_load(&mut second, 2).await;
     assert!(third.is_running());
-    let r = HttpClient::new().get(third.http, HOST, "/").await.expect("GET after two upgrades");
+    let r = HttpClient::new()
+        .get(third.http, HOST, "/")
+        .await
+        .expect("GET after two upgrades");
     assert_eq!(r.status, 200);
 }
 
@@ -205,9 +245,15 @@ async fn sigterm_drains_gracefully() {
 
     // A keep-alive connection opened before the signal.
     let warm = HttpClient::new();
-    let r = warm.get(http, HOST, "/before").await.expect("GET before the signal");
+    let r = warm
+        .get(http, HOST, "/before")
+        .await
+        .expect("GET before the signal");
     assert_eq!(r.status, 200);
-    assert!(r.headers.get("connection").is_none(), "connection header before draining: {r:?}");
+    assert!(
+        r.headers.get("connection").is_none(),
+        "connection header before draining: {r:?}"
+    );
 
     // A slow request in flight when the signal arrives.
     let slow = tokio::spawn(async move {
@@ -226,7 +272,10 @@ async fn sigterm_drains_gracefully() {
     // Readiness turns 503 at once.
     let admin_client = HttpClient::new();
     let not_ready_after = loop {
-        let r = admin_client.get(admin, "localhost", "/readyz").await.expect("GET /readyz while draining");
+        let r = admin_client
+            .get(admin, "localhost", "/readyz")
+            .await
+            .expect("GET /readyz while draining");
         if r.status == 503 {
             break signalled.elapsed();
         }
@@ -253,14 +302,20 @@ async fn sigterm_drains_gracefully() {
         "test too slow: requests sent {sent_after:?} after SIGTERM, past the 300 ms drain window"
     );
     let fresh = fresh.expect("new connection during the drain window");
-    assert_eq!(fresh.status, 200, "new connection during the drain window: {fresh:?}");
+    assert_eq!(
+        fresh.status, 200,
+        "new connection during the drain window: {fresh:?}"
+    );
     assert_eq!(
         fresh.headers.get("connection").map(|v| v.as_bytes()),
         Some(&b"close"[..]),
         "no Connection: close during the drain window: {fresh:?}"
     );
     let reused = reused.expect("kept-alive connection during the drain window");
-    assert_eq!(reused.status, 200, "kept-alive connection during the drain window: {reused:?}");
+    assert_eq!(
+        reused.status, 200,
+        "kept-alive connection during the drain window: {reused:?}"
+    );
     assert_eq!(
         reused.headers.get("connection").map(|v| v.as_bytes()),
         Some(&b"close"[..]),
@@ -271,7 +326,11 @@ async fn sigterm_drains_gracefully() {
     // new connection is not served; it is refused (or closed) promptly rather than left
     // hanging in the listen backlog until the process exits (checked last, below).
     tokio::time::sleep(Duration::from_millis(700).saturating_sub(signalled.elapsed())).await;
-    assert!(t.is_running(), "exited before the in-flight request finished:\n{}", tail(&t.stderr, 20));
+    assert!(
+        t.is_running(),
+        "exited before the in-flight request finished:\n{}",
+        tail(&t.stderr, 20)
+    );
     let probe_started = Instant::now();
     let late = raw_request(
         http,
@@ -280,22 +339,37 @@ async fn sigterm_drains_gracefully() {
     )
     .await;
     let probe_took = probe_started.elapsed();
-    assert!(!late.contains(" 200 "), "a connection opened after the drain window was served: {late:?}");
+    assert!(
+        !late.contains(" 200 "),
+        "a connection opened after the drain window was served: {late:?}"
+    );
 
     // The slow request finishes normally.
     let (slow, slow_done) = slow.await.expect("slow request task");
     let slow = slow.expect("the in-flight slow request failed");
     assert_eq!(slow.status, 200, "slow request: {slow:?}");
     assert_eq!(slow.backend(), "b0");
-    assert!(slow_done.duration_since(signalled) > Duration::from_millis(1000), "slow request ended early");
+    assert!(
+        slow_done.duration_since(signalled) > Duration::from_millis(1000),
+        "slow request ended early"
+    );
 
     // Then the process exits cleanly.
     let exit = t
         .wait_exit(Duration::from_secs(4))
         .await
-        .unwrap_or_else(|| panic!("still running 4 s after the last request:\n{}", tail(&t.stderr, 20)));
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 4 s after the last request:\n{}",
+                tail(&t.stderr, 20)
+            )
+        });
     let exited_after = signalled.elapsed();
-    assert!(exit.success(), "exit status {exit}:\n{}", tail(&t.stderr, 20));
+    assert!(
+        exit.success(),
+        "exit status {exit}:\n{}",
+        tail(&t.stderr, 20)
+    );
     assert!(t.stderr.contains("shutting down gracefully"));
     eprintln!(
         "sigterm: readyz 503 after {not_ready_after:?}, drain requests sent after {sent_after:?}, \
@@ -321,7 +395,9 @@ async fn drained_backend_finishes_in_flight_and_gets_no_new_requests() {
     let slow: Vec<_> = (0..4)
         .map(|i| {
             tokio::spawn(async move {
-                let r = HttpClient::new().get(http, HOST, &format!("/slow?ms=1500&i={i}")).await;
+                let r = HttpClient::new()
+                    .get(http, HOST, &format!("/slow?ms=1500&i={i}"))
+                    .await;
                 (r, Instant::now())
             })
         })
@@ -333,7 +409,11 @@ async fn drained_backend_finishes_in_flight_and_gets_no_new_requests() {
         b1.hits()
     );
     let in_flight_b0 = b0.hits();
-    assert!(in_flight_b0 >= 1, "no slow request landed on b0 (b1 has {})", b1.hits());
+    assert!(
+        in_flight_b0 >= 1,
+        "no slow request landed on b0 (b1 has {})",
+        b1.hits()
+    );
 
     // Drain b0.
     t.write_config(&with_backend_attrs(&yaml, b0, "state: drain"));
@@ -344,11 +424,23 @@ async fn drained_backend_finishes_in_flight_and_gets_no_new_requests() {
     // New requests all go to b1.
     let client = HttpClient::new();
     for i in 0..20 {
-        let r = client.get(http, HOST, &format!("/fast/{i}")).await.expect("fast request");
+        let r = client
+            .get(http, HOST, &format!("/fast/{i}"))
+            .await
+            .expect("fast request");
         assert_eq!(r.status, 200, "fast request {i}: {r:?}");
-        assert_eq!(r.backend(), "b1", "fast request {i} after draining b0: {:?}", r.json());
+        assert_eq!(
+            r.backend(),
+            "b1",
+            "fast request {i} after draining b0: {:?}",
+            r.json()
+        );
     }
-    assert_eq!(b0.hits(), in_flight_b0, "the drained backend got new requests");
+    assert_eq!(
+        b0.hits(),
+        in_flight_b0,
+        "the drained backend got new requests"
+    );
     let checked = started.elapsed();
     assert!(
         slow.iter().all(|h| !h.is_finished()),
@@ -395,26 +487,43 @@ async fn reload_under_load_and_invalid_reload_keeps_old_config() {
         assert_eq!(status, 200, "reload {i}: {body}");
         assert_eq!(body["status"], "reloaded", "reload {i}: {body}");
         let beta_status = status_of(t.http, "beta.localhost", "/").await;
-        assert_eq!(beta_status, Ok(if with_beta { 200 } else { 404 }), "beta.localhost after reload {i}");
+        assert_eq!(
+            beta_status,
+            Ok(if with_beta { 200 } else { 404 }),
+            "beta.localhost after reload {i}"
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // The last valid config is B (acme weighted, beta present).
 
     // An invalid config is refused and the previous one keeps serving.
-    let invalid = config_b.replace(&format!("{{ address: {}, weight: 3 }}", b0.addr), "{ address: \"127.0.0.1:\" }");
+    let invalid = config_b.replace(
+        &format!("{{ address: {}, weight: 3 }}", b0.addr),
+        "{ address: \"127.0.0.1:\" }",
+    );
     assert_ne!(invalid, config_b);
     t.write_config(&invalid);
     let (status, body) = t.reload().await;
     assert_eq!(status, 422, "invalid reload: {body}");
-    let errors = body["errors"].as_array().unwrap_or_else(|| panic!("no errors array in {body}"));
+    let errors = body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors array in {body}"));
     assert!(
-        errors
-            .iter()
-            .any(|e| e.as_str().is_some_and(|s| s.contains("tenants[0].routes[0].backends[0].address"))),
+        errors.iter().any(|e| e
+            .as_str()
+            .is_some_and(|s| s.contains("tenants[0].routes[0].backends[0].address"))),
         "errors do not name the bad address: {body}"
     );
-    assert_eq!(status_of(t.http, HOST, "/").await, Ok(200), "acme after the refused reload");
-    assert_eq!(status_of(t.http, "beta.localhost", "/").await, Ok(200), "beta after the refused reload");
+    assert_eq!(
+        status_of(t.http, HOST, "/").await,
+        Ok(200),
+        "acme after the refused reload"
+    );
+    assert_eq!(
+        status_of(t.http, "beta.localhost", "/").await,
+        Ok(200),
+        "beta after the refused reload"
+    );
 
     // SIGHUP reloads the file too.
     let gamma = tenant("gamma", "gamma.localhost", "round_robin", &[b0], "");
@@ -429,11 +538,23 @@ async fn reload_under_load_and_invalid_reload_keeps_old_config() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(last, Ok(200), "gamma.localhost not served within 2 s of SIGHUP:\n{}", tail(&t.stderr, 20));
-    assert_eq!(status_of(t.http, "beta.localhost", "/").await, Ok(404), "beta after SIGHUP");
+    assert_eq!(
+        last,
+        Ok(200),
+        "gamma.localhost not served within 2 s of SIGHUP:\n{}",
+        tail(&t.stderr, 20)
+    );
+    assert_eq!(
+        status_of(t.http, "beta.localhost", "/").await,
+        Ok(404),
+        "beta after SIGHUP"
+    );
 
     let stats = load.finish().await;
-    eprintln!("reloads under load: {} ok, {} failed", stats.ok, stats.failed);
+    eprintln!(
+        "reloads under load: {} ok, {} failed",
+        stats.ok, stats.failed
+    );
     assert!(t.is_running());
     assert_eq!(
         stats.failed,
@@ -444,5 +565,9 @@ async fn reload_under_load_and_invalid_reload_keeps_old_config() {
         stats.failures.join("\n"),
         tail(&t.stderr, 20)
     );
-    assert!(stats.ok > 100, "only {} requests succeeded under load", stats.ok);
+    assert!(
+        stats.ok > 100,
+        "only {} requests succeeded under load",
+        stats.ok
+    );
 }
