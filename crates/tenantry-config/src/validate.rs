@@ -398,13 +398,13 @@ fn validate_route(
     for (i, b) in r.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
         let address = addr(&b.address, &format!("{bpath}.address"), errs);
-        if let Some(a) = address {
-            if !addrs.insert(a) {
-                errs.push(
-                    format!("{bpath}.address"),
-                    format!("duplicate backend {a} in this route"),
-                );
-            }
+        if let Some(a) = address
+            && !addrs.insert(a)
+        {
+            errs.push(
+                format!("{bpath}.address"),
+                format!("duplicate backend {a} in this route"),
+            );
         }
         let weight = b.weight.unwrap_or(1);
         if weight == 0 || weight > 1000 {

@@ -34,10 +34,10 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Stream(b, m) => {
                 let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &polled {
-                    if let Some(d) = f.data_ref() {
-                        m.add_bytes(d.len() as u64, 0);
-                    }
+                if let Poll::Ready(Some(Ok(f))) = &polled
+                    && let Some(d) = f.data_ref()
+                {
+                    m.add_bytes(d.len() as u64, 0);
                 }
                 polled
             }

@@ -152,10 +152,10 @@ impl Gateway {
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let seen = self.reloads_started.load(Ordering::SeqCst);
         let mut last = self.reload_lock.lock().await;
-        if self.reloads_started.load(Ordering::SeqCst) > seen {
-            if let Some(result) = last.as_ref() {
-                return result.clone();
-            }
+        if self.reloads_started.load(Ordering::SeqCst) > seen
+            && let Some(result) = last.as_ref()
+        {
+            return result.clone();
         }
         self.reloads_started.fetch_add(1, Ordering::SeqCst);
         let result = self.reload_now().await;

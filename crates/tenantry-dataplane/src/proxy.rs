@@ -154,17 +154,18 @@ pub async fn handle(
                         },
                     );
                 }
-                if connect && retryable && attempt == 0 {
-                    if let Some(next) =
+                if connect
+                    && retryable
+                    && attempt == 0
+                    && let Some(next) =
                         select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms())
-                    {
-                        b.health.end();
-                        gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
-                        attempt += 1;
-                        up_body = Some(UpBody::Empty);
-                        backend = next;
-                        continue;
-                    }
+                {
+                    b.health.end();
+                    gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    up_body = Some(UpBody::Empty);
+                    backend = next;
+                    continue;
                 }
                 tracing::debug!(error = %e, backend = %b.label, "upstream request failed");
                 break Err(ErrorCode::BadGateway);
@@ -294,16 +295,16 @@ fn upstream_uri(authority: &http::uri::Authority, pq: Option<&http::uri::PathAnd
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// Forwarding a client's `Connection: close` upstream would kill upstream keep-alive.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let named: Vec<HeaderName> = list
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-                .collect();
-            for n in named {
-                h.remove(n);
-            }
+    if let Some(conn) = h.get(header::CONNECTION)
+        && let Ok(list) = conn.to_str()
+    {
+        let named: Vec<HeaderName> = list
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
         }
     }
     if !keep_upgrade {
@@ -342,10 +343,10 @@ fn rewrite_request_headers(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if !h.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(header::HOST, v);
-        }
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        h.insert(header::HOST, v);
     }
     if let Some(v) = h.get(header::HOST).cloned() {
         h.insert(X_FORWARDED_HOST.clone(), v);
@@ -377,10 +378,10 @@ fn local_error(gw: &Gateway, code: ErrorCode, mut tap: Tap, close: bool) -> Resp
     );
     tap.status = code.status().as_u16();
     tap.error = Some(code.as_str());
-    if let Some(b) = tap.backend.take() {
-        if let Some(r) = &tap.route {
-            r.backends[b].health.end();
-        }
+    if let Some(b) = tap.backend.take()
+        && let Some(r) = &tap.route
+    {
+        r.backends[b].health.end();
     }
     let request_id = tap.request_id.clone();
     let mut resp = Response::new(RespBody::full(body, Some(tap)));

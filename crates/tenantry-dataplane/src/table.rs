@@ -21,6 +21,9 @@ use crate::tls::{self, CertCache};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Routes of one host while a tenant is being built, with the host's certificate.
+type HostGroup = (HostPattern, Vec<Arc<RouteRt>>, Option<Arc<CertifiedKey>>);
+
 /// Health and load of one backend, shared by every table version that contains it.
 #[derive(Debug)]
 pub struct BackendHealth {
@@ -316,8 +319,7 @@ impl RoutingTable {
         metrics: &MetricsRegistry,
         certs: &mut CertCache,
     ) -> Result<(), TableError> {
-        let mut by_host: Vec<(HostPattern, Vec<Arc<RouteRt>>, Option<Arc<CertifiedKey>>)> =
-            Vec::new();
+        let mut by_host: Vec<HostGroup> = Vec::new();
         let mut routes = Vec::with_capacity(t.routes.len());
         for r in &t.routes {
             let rt = Arc::new(build_route(t, r, old, metrics));
@@ -342,7 +344,7 @@ impl RoutingTable {
         }
         let mut hosts = Vec::with_capacity(by_host.len());
         for (host, mut rs, cert) in by_host {
-            rs.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            rs.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             let entry = Arc::new(HostEntry {
                 routes: rs.into_boxed_slice(),
                 cert,

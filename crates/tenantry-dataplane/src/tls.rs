@@ -36,12 +36,14 @@ pub enum TlsError {
     },
 }
 
+/// A loaded certificate with the modification times of its files.
+type Loaded = (Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>);
+
 /// Loaded certificates, keyed by their files and modification times, so a reload reads only
 /// the files that changed.
 #[derive(Default)]
 pub struct CertCache {
-    loaded:
-        HashMap<(PathBuf, PathBuf), (Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
+    loaded: HashMap<(PathBuf, PathBuf), Loaded>,
 }
 
 fn mtime(p: &PathBuf) -> Option<SystemTime> {
@@ -53,10 +55,12 @@ impl CertCache {
     pub fn load(&mut self, files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         let key = (files.cert.clone(), files.key.clone());
         let (cm, km) = (mtime(&files.cert), mtime(&files.key));
-        if let Some((c, k, ck)) = self.loaded.get(&key) {
-            if *c == cm && *k == km && cm.is_some() {
-                return Ok(Arc::clone(ck));
-            }
+        if let Some((c, k, ck)) = self.loaded.get(&key)
+            && *c == cm
+            && *k == km
+            && cm.is_some()
+        {
+            return Ok(Arc::clone(ck));
         }
         let ck = Arc::new(load_certified_key(files)?);
         self.loaded.insert(key, (cm, km, Arc::clone(&ck)));

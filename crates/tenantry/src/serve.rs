@@ -65,11 +65,11 @@ pub fn check(file: &Path) -> ExitCode {
     let mut bad = false;
     for (ti, t) in config.snapshot.tenants().enumerate() {
         for (ri, r) in t.routes.iter().enumerate() {
-            if let Some(files) = &r.tls {
-                if let Err(e) = tenantry_dataplane::tls::load_certified_key(files) {
-                    eprintln!("{}: tenants[{ti}].routes[{ri}].tls: {e}", file.display());
-                    bad = true;
-                }
+            if let Some(files) = &r.tls
+                && let Err(e) = tenantry_dataplane::tls::load_certified_key(files)
+            {
+                eprintln!("{}: tenants[{ti}].routes[{ri}].tls: {e}", file.display());
+                bad = true;
             }
         }
     }

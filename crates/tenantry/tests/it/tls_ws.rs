@@ -290,6 +290,7 @@ impl WsOrigin {
             while let Ok((tcp, _)) = listener.accept().await {
                 let record = Arc::clone(&record);
                 conns.spawn(async move {
+                    #[allow(clippy::result_large_err)] // the signature is tungstenite's
                     let callback = |req: &WsRequest, resp: WsResponse| {
                         let h = |n: &str| {
                             req.headers()
