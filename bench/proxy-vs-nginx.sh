@@ -258,6 +258,9 @@ admin: { listen: 127.0.0.1:$((port + 10)) }
 access_log: $alog
 runtime: { threads: 1 }
 metrics: { max_tenants: 1000 }
+# bench only: stop fast on SIGTERM, keep the upgrade socket inside the bench dir
+shutdown: { drain: 0ms, grace: 2s }
+upgrade_socket: $dir/upgrade.sock
 tenants:
   - id: acme
     plan: pro
@@ -311,6 +314,11 @@ start_proxy() {
 # sanity_check NAME PORT: 4 requests must all be 200 and reach both backends
 sanity_check() {
     local name=$1 port=$2 i code body seen=""
+    # give the proxy up to 5 s to report the backends usable (e.g. first health check)
+    for ((i = 0; i < 50; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" || true) == 200 ]] && break
+        sleep 0.1
+    done
     for i in 1 2 3 4; do
         body=$(curl -s -w '|%{http_code}' --max-time 5 -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/") || true
         code=${body##*|}

@@ -116,10 +116,11 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/" x "$BACKEND_PID" "$OUT/backend/stder
 # gen_config FILE COUNT
 gen_config() {
     awk -v n="$2" -v lp="$LISTEN_PORT" -v ap="$ADMIN_PORT" -v bp="$BACKEND_PORT" -v th="$THREADS" \
-        -v plan="$PLAN" -v mt="$METRICS_MAX_TENANTS" -v dom="$DOMAIN" 'BEGIN {
+        -v plan="$PLAN" -v mt="$METRICS_MAX_TENANTS" -v dom="$DOMAIN" -v sock="$OUT/upgrade.sock" 'BEGIN {
         printf "# route-scale: %d tenants x 1 route\n", n
         printf "listen: 127.0.0.1:%s\nadmin: { listen: 127.0.0.1:%s }\naccess_log: false\n", lp, ap
-        printf "runtime: { threads: %s }\nmetrics: { max_tenants: %s }\ntenants:\n", th, mt
+        printf "runtime: { threads: %s }\nmetrics: { max_tenants: %s }\n", th, mt
+        printf "shutdown: { drain: 0ms, grace: 2s }\nupgrade_socket: %s\ntenants:\n", sock
         for (i = 1; i <= n; i++) tenant(i)
     }
     function tenant(i) {

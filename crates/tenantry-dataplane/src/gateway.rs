@@ -142,6 +142,13 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Writes out buffered access log lines (call when the server has stopped).
+    pub fn flush_logs(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush();
+        }
+    }
+
     /// Milliseconds since the gateway started (the clock of passive ejection).
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)

@@ -216,6 +216,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
     });
 
     serving.await.context("server task failed")??;
+    gw.flush_logs();
     drop(demo_backends);
     tracing::info!("stopped");
     Ok(())
