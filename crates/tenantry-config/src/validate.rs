@@ -62,8 +62,17 @@ pub struct GatewayConfig {
 }
 
 /// Parses YAML into the spec; syntax errors and unknown keys come back with their location.
+///
+/// The parser's default budget (250k nodes) guards against hostile documents; an operator's
+/// file with 100k+ tenants needs more, so node and event counts are raised (about 10 nodes per
+/// route) while the alias, depth and input-size limits stay.
 pub fn parse_yaml(text: &str) -> Result<GatewaySpec, ConfigErrors> {
-    serde_saphyr::from_str::<GatewaySpec>(text).map_err(|e| {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options::<GatewaySpec>(text, options).map_err(|e| {
         let mut errs = ConfigErrors(Vec::new());
         errs.push("", e.to_string());
         errs

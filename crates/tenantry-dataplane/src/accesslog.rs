@@ -64,15 +64,20 @@ thread_local! {
 impl AccessLog {
     /// Starts the writer thread, writing to stdout.
     pub fn stdout(metrics: Arc<MetricsRegistry>) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { pending: Mutex::new(Vec::with_capacity(256 * 1024)), metrics });
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(256 * 1024)),
+            metrics,
+        });
         let writer = Arc::clone(&shared);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut spare = Vec::with_capacity(256 * 1024);
-            loop {
-                std::thread::sleep(FLUSH_EVERY);
-                flush_into(&writer, &mut spare);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut spare = Vec::with_capacity(256 * 1024);
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_into(&writer, &mut spare);
+                }
+            })?;
         Ok(Self { shared })
     }
 
@@ -82,7 +87,11 @@ impl AccessLog {
             let mut line = line.borrow_mut();
             line.clear();
             format_into(&mut line, e);
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if pending.len() + line.len() > MAX_PENDING {
                 drop(pending);
                 self.shared

@@ -105,7 +105,7 @@ impl Drop for Tap {
                 host: &self.host,
                 path: &self.path,
                 status: self.status,
-                upstream: self.backend().map(|b| &*b.label),
+                upstream: self.backend().map(|b| b.label()),
                 duration: elapsed,
                 bytes: self.bytes,
                 client: self.client,

@@ -46,7 +46,10 @@ pub fn select_backend(
 /// current weight, picks the largest, and subtracts the total from the winner. Weights 3:1
 /// give a, a, b, a rather than a, a, a, b.
 fn smooth_weighted(route: &RouteRt, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
-    let mut current = match route.lb.current_weights.lock() {
+    let Some(weights) = &route.lb.current_weights else {
+        return (0..route.backends.len()).find(|&i| ok(i));
+    };
+    let mut current = match weights.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
@@ -78,7 +81,7 @@ fn rendezvous(route: &RouteRt, client: IpAddr, ok: &dyn Fn(usize) -> bool) -> Op
         if !ok(i) {
             continue;
         }
-        let score = rendezvous_score(client, &b.label, b.weight);
+        let score = rendezvous_score(client, b.label(), b.weight);
         if best.is_none_or(|(_, s)| score > s) {
             best = Some((i, score));
         }

@@ -279,7 +279,7 @@ impl MetricsRegistry {
                     "{BACKEND_UP}{{tenant=\"{}\",route=\"{}\",backend=\"{}\"}} {}",
                     r.tenant,
                     r.id,
-                    b.label,
+                    b.label(),
                     u8::from(b.health.is_healthy())
                 );
                 let _ = writeln!(
@@ -287,7 +287,7 @@ impl MetricsRegistry {
                     "{BACKEND_IN_FLIGHT}{{tenant=\"{}\",route=\"{}\",backend=\"{}\"}} {}",
                     r.tenant,
                     r.id,
-                    b.label,
+                    b.label(),
                     b.health.in_flight()
                 );
             }

@@ -167,7 +167,7 @@ pub async fn handle(
                     backend = next;
                     continue;
                 }
-                tracing::debug!(error = %e, backend = %b.label, "upstream request failed");
+                tracing::debug!(error = %e, backend = %b.label(), "upstream request failed");
                 break Err(ErrorCode::BadGateway);
             }
             Err(_) => break Err(ErrorCode::UpstreamTimeout),
@@ -190,7 +190,7 @@ pub async fn handle(
             log_ejected(&route, backend, "5xx responses");
         }
     } else if b.health.record_success(1) {
-        tracing::info!(tenant = %route.tenant, route = %route.id, backend = %b.label, "backend re-admitted after a successful request");
+        tracing::info!(tenant = %route.tenant, route = %route.id, backend = %b.label(), "backend re-admitted after a successful request");
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
@@ -219,7 +219,7 @@ fn log_ejected(route: &RouteRt, backend: usize, why: &str) {
     tracing::warn!(
         tenant = %route.tenant,
         route = %route.id,
-        backend = %route.backends[backend].label,
+        backend = %route.backends[backend].label(),
         reason = why,
         "backend ejected (passive health check)"
     );

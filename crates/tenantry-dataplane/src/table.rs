@@ -112,14 +112,19 @@ pub struct BackendRt {
     pub addr: SocketAddr,
     /// `ip:port` as a header value (the upstream URI authority).
     pub authority: http::uri::Authority,
-    /// The address as a string, for logs and metrics.
-    pub label: Box<str>,
     /// Weight.
     pub weight: u32,
     /// Active or draining (per table version).
     pub state: BackendState,
     /// Health and load, carried across versions.
     pub health: Arc<BackendHealth>,
+}
+
+impl BackendRt {
+    /// `ip:port`, for logs and metrics.
+    pub fn label(&self) -> &str {
+        self.authority.as_str()
+    }
 }
 
 /// A route as the proxy serves it.
@@ -148,7 +153,8 @@ pub struct RouteRt {
 #[derive(Debug, Default)]
 pub(crate) struct LbState {
     pub(crate) next: AtomicUsize,
-    pub(crate) current_weights: Mutex<Vec<i64>>,
+    /// Smooth weighted round robin state (allocated for that algorithm only).
+    pub(crate) current_weights: Option<Mutex<Box<[i64]>>>,
 }
 
 /// Passive ejection threshold for routes without an active check.
@@ -206,15 +212,14 @@ pub enum Lookup<'a> {
 /// A tenant's runtime part: its routes (kept so a later change can find what to remove).
 #[derive(Debug)]
 struct TenantRt {
-    hosts: Vec<HostPattern>,
-    routes: Vec<Arc<RouteRt>>,
+    routes: Box<[Arc<RouteRt>]>,
 }
 
 /// The routing table (immutable once built; see [`RoutingTable::apply`]).
 #[derive(Debug, Clone, Default)]
 pub struct RoutingTable {
-    exact: FastMap<Box<str>, Arc<HostEntry>>,
-    wildcard: FastMap<Box<str>, Arc<HostEntry>>,
+    exact: FastMap<Arc<str>, Arc<HostEntry>>,
+    wildcard: FastMap<Arc<str>, Arc<HostEntry>>,
     tenants: FastMap<TenantId, Arc<TenantRt>>,
     route_count: usize,
 }
@@ -302,8 +307,8 @@ impl RoutingTable {
 
     fn remove_tenant(&mut self, id: &TenantId) -> Option<Arc<TenantRt>> {
         let old = self.tenants.remove(id)?;
-        for h in &old.hosts {
-            match h {
+        for r in old.routes.iter() {
+            match &r.host {
                 HostPattern::Exact(n) => self.exact.remove(n),
                 HostPattern::Wildcard(s) => self.wildcard.remove(s),
             };
@@ -342,7 +347,6 @@ impl RoutingTable {
             }
             routes.push(rt);
         }
-        let mut hosts = Vec::with_capacity(by_host.len());
         for (host, mut rs, cert) in by_host {
             rs.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             let entry = Arc::new(HostEntry {
@@ -353,11 +357,14 @@ impl RoutingTable {
                 HostPattern::Exact(n) => self.exact.insert(n.clone(), entry),
                 HostPattern::Wildcard(s) => self.wildcard.insert(s.clone(), entry),
             };
-            hosts.push(host);
         }
         self.route_count += routes.len();
-        self.tenants
-            .insert(t.id.clone(), Arc::new(TenantRt { hosts, routes }));
+        self.tenants.insert(
+            t.id.clone(),
+            Arc::new(TenantRt {
+                routes: routes.into_boxed_slice(),
+            }),
+        );
         Ok(())
     }
 }
@@ -380,13 +387,13 @@ fn build_route(
                 .and_then(|o| o.backends.iter().find(|ob| ob.addr == b.address))
                 .map(|ob| Arc::clone(&ob.health))
                 .unwrap_or_default();
-            let label = b.address.to_string();
             BackendRt {
                 addr: b.address,
-                authority: label
+                authority: b
+                    .address
+                    .to_string()
                     .parse()
                     .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
-                label: label.into_boxed_str(),
                 weight: b.weight,
                 state: b.state,
                 health,
@@ -401,7 +408,8 @@ fn build_route(
         algorithm: r.algorithm,
         lb: LbState {
             next: AtomicUsize::new(0),
-            current_weights: Mutex::new(vec![0; backends.len()]),
+            current_weights: (r.algorithm == Algorithm::WeightedRoundRobin)
+                .then(|| Mutex::new(vec![0; backends.len()].into_boxed_slice())),
         },
         backends,
         health_check: r.health_check.clone(),

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a host pattern is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,10 +29,10 @@ pub enum HostError {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostPattern {
     /// Exactly this host (lowercase, no port).
-    Exact(Box<str>),
+    Exact(Arc<str>),
     /// Any host ending in `.` + this suffix (`*.acme.com` stores `acme.com`); the bare
     /// suffix itself does not match.
-    Wildcard(Box<str>),
+    Wildcard(Arc<str>),
 }
 
 impl HostPattern {
@@ -49,7 +50,7 @@ impl HostPattern {
             return Err(HostError::BadWildcard);
         }
         check_name(name)?;
-        let name: Box<str> = name.into();
+        let name: Arc<str> = name.into();
         Ok(if wild {
             HostPattern::Wildcard(name)
         } else {

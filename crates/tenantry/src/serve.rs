@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tenantry_config::GatewayConfig;
+use tenantry_config::{GatewayConfig, ServerSettings};
 use tenantry_dataplane::demo::EchoBackend;
 use tenantry_dataplane::server::{Listeners, StopMode, Stopper};
 use tenantry_dataplane::{Gateway, upgrade};
@@ -174,7 +174,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
     }
 
     let (listeners, handover) = if args.upgrade {
-        let socket = upgrade_socket(&args, &config, None)?;
+        let socket = upgrade_socket(&args, &config.server, None)?;
         let (l, h) = upgrade::take_over(&socket).context("upgrade")?;
         (l, Some(h))
     } else {
@@ -182,8 +182,10 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
     };
     let (http, tls, admin) = listeners.local_addrs();
     let fds = upgrade::HandoverFds::from_listeners(&listeners)?;
-    let gw = Gateway::new(config.clone(), Some(path.clone()))
-        .context("cannot build the routing table")?;
+    let build_started = std::time::Instant::now();
+    let server_settings = config.server.clone();
+    let gw = Gateway::new(config, Some(path.clone())).context("cannot build the routing table")?;
+    let build_ms = build_started.elapsed().as_secs_f64() * 1e3;
     let table = gw.table();
     tracing::info!(
         http = %addr_str(http),
@@ -191,6 +193,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
         admin = %addr_str(admin),
         tenants = table.tenant_count(),
         routes = table.route_count(),
+        build_ms,
         config = %path.display(),
         pid = std::process::id(),
         "listening"
@@ -207,7 +210,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
 
     let socket = match handover {
         Some(h) => tokio::task::spawn_blocking(move || h.confirm()).await??,
-        None => upgrade_socket(&args, &config, http)?,
+        None => upgrade_socket(&args, &server_settings, http)?,
     };
     tokio::spawn(async move {
         if let Err(e) = upgrade::serve_upgrades(socket, fds, stopper).await {
@@ -228,17 +231,17 @@ fn addr_str(a: Option<SocketAddr>) -> String {
 
 fn upgrade_socket(
     args: &ServeArgs,
-    config: &GatewayConfig,
+    server: &ServerSettings,
     http: Option<SocketAddr>,
 ) -> Result<PathBuf> {
     if let Some(p) = args
         .upgrade_socket
         .clone()
-        .or_else(|| config.server.upgrade_socket.clone())
+        .or_else(|| server.upgrade_socket.clone())
     {
         return Ok(p);
     }
-    let port = http.map_or(config.server.listen.port(), |a| a.port());
+    let port = http.map_or(server.listen.port(), |a| a.port());
     Ok(std::env::temp_dir().join(format!("tenantry-{port}.sock")))
 }
 
