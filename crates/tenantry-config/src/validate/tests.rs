@@ -127,3 +127,16 @@ fn unknown_keys_are_errors() {
     .to_string();
     assert!(err.contains("backend"), "{err}");
 }
+
+#[test]
+fn large_files_fit_the_parser_budget() {
+    // ~16 YAML nodes per tenant: 20k tenants are beyond the parser's default 250k-node budget.
+    let mut yaml = String::from("tenants:\n");
+    for i in 0..20_000 {
+        yaml.push_str(&format!(
+            "  - {{ id: t{i}, routes: [ {{ id: w, host: t{i}.x.test, backends: [ {{ address: 127.0.0.1:1 }} ] }} ] }}\n"
+        ));
+    }
+    let cfg = validate(&parse_yaml(&yaml).unwrap(), Path::new("/")).unwrap();
+    assert_eq!(cfg.snapshot.len(), 20_000);
+}
