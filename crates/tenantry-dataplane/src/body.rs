@@ -11,9 +11,11 @@ use http::{HeaderValue, Method};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::accesslog::{AccessLog, Entry};
+use crate::accesslog::Entry;
+use crate::gateway::Gateway;
 use crate::metrics::RouteMetrics;
 use crate::table::{BackendRt, RouteRt};
+use crate::upstream::Conn;
 
 /// The body sent upstream.
 pub enum UpBody {
@@ -74,8 +76,10 @@ pub struct Tap {
     pub(crate) client: std::net::IpAddr,
     pub(crate) bytes: u64,
     pub(crate) error: Option<&'static str>,
-    pub(crate) log: Option<AccessLog>,
-    pub(crate) unrouted: Arc<RouteMetrics>,
+    pub(crate) gw: Arc<Gateway>,
+    /// The upstream connection, returned to its pool if the body is read to the end.
+    pub(crate) conn: Option<Conn>,
+    pub(crate) complete: bool,
 }
 
 impl Tap {
@@ -88,15 +92,28 @@ impl Tap {
 impl Drop for Tap {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        let metrics = self.route.as_ref().map_or(&self.unrouted, |r| &r.metrics);
+        let metrics = self
+            .route
+            .as_ref()
+            .map_or(&self.gw.metrics.unrouted, |r| &r.metrics);
         metrics.observe(self.status, elapsed);
         if self.bytes > 0 {
             metrics.add_bytes(0, self.bytes);
         }
+        let conn = if self.complete {
+            self.conn.take()
+        } else {
+            None
+        };
         if let Some(b) = self.backend() {
             b.health.end();
+            if let Some(conn) = conn {
+                b.health
+                    .pool
+                    .put(conn, self.gw.settings.upstream.max_idle_per_backend);
+            }
         }
-        if let Some(log) = &self.log {
+        if let Some(log) = &self.gw.access_log {
             log.write(&Entry {
                 tenant_id: self.route.as_ref().map(|r| r.tenant.as_str()),
                 route: self.route.as_ref().map(|r| r.id.as_str()),
@@ -163,7 +180,11 @@ impl Body for RespBody {
                 }
             }
             Poll::Ready(None) => {
-                // Record as soon as the body ends, not when the connection drops it.
+                // Record as soon as the body ends, not when the connection drops it; the
+                // upstream connection is reusable now.
+                if let Some(tap) = this.tap.as_mut() {
+                    tap.complete = true;
+                }
                 this.tap = None;
             }
             Poll::Ready(Some(Err(_))) => {
@@ -188,6 +209,18 @@ impl Body for RespBody {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        // A body that is already at its end may never be polled (HEAD, 204, 304): its
+        // connection is still reusable.
+        if self.is_end_stream() {
+            if let Some(tap) = self.tap.as_mut() {
+                tap.complete = true;
+            }
         }
     }
 }

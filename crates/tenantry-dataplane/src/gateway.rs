@@ -7,21 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tenantry_config::{ConfigErrors, GatewayConfig, ServerSettings};
 use tenantry_domain::{Change, Snapshot};
 
 use crate::accesslog::AccessLog;
-use crate::body::UpBody;
 use crate::health::HealthSupervisor;
 use crate::metrics::MetricsRegistry;
 use crate::table::{RoutingTable, TableError};
 use crate::tls::CertCache;
-
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, UpBody>;
 
 /// What a reconfiguration did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,7 +49,6 @@ pub enum ReloadError {
 pub struct Gateway {
     pub(crate) table: Arc<ArcSwap<RoutingTable>>,
     pub(crate) metrics: Arc<MetricsRegistry>,
-    pub(crate) client: UpstreamClient,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) settings: ServerSettings,
     pub(crate) draining: AtomicBool,
@@ -98,7 +90,6 @@ impl Gateway {
         };
         let gw = Arc::new(Self {
             table: Arc::new(ArcSwap::from_pointee(table)),
-            client: upstream_client(&settings),
             metrics,
             access_log,
             settings,
@@ -243,25 +234,10 @@ impl Gateway {
     fn reconcile_health(&self) {
         let table = self.table.load_full();
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        h.reconcile(&table, &self.client);
+        h.reconcile(&table, &self.settings.upstream);
     }
 }
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-fn upstream_client(s: &ServerSettings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(s.upstream.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(s.upstream.idle_timeout)
-        .pool_max_idle_per_host(s.upstream.max_idle_per_backend)
-        .http1_preserve_header_case(false)
-        .set_host(false)
-        .build(connector)
 }

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Uri};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tenantry_config::UpstreamSettings;
 use tenantry_domain::{HealthCheck, RouteId, TenantId};
 use tokio::task::JoinHandle;
 
-use crate::body::UpBody;
-use crate::gateway::UpstreamClient;
 use crate::table::{BackendHealth, RoutingTable};
 
 type Key = (TenantId, RouteId, SocketAddr);
@@ -36,7 +38,7 @@ impl Drop for Checker {
 impl HealthSupervisor {
     /// Makes the running checkers match the table: new backends get a checker, removed ones
     /// lose theirs, unchanged ones keep running (and their state).
-    pub fn reconcile(&mut self, table: &RoutingTable, client: &UpstreamClient) {
+    pub fn reconcile(&mut self, table: &RoutingTable, upstream: &UpstreamSettings) {
         let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendHealth>, String)> = HashMap::new();
         for r in table.routes() {
             let Some(hc) = &r.health_check else { continue };
@@ -62,7 +64,7 @@ impl HealthSupervisor {
                 hc,
                 Arc::clone(&health),
                 host,
-                client.clone(),
+                upstream.connect_timeout,
             ));
             self.tasks.insert(key, Checker { health, handle });
         }
@@ -74,19 +76,18 @@ async fn check_loop(
     hc: HealthCheck,
     health: Arc<BackendHealth>,
     host: String,
-    client: UpstreamClient,
+    connect_timeout: std::time::Duration,
 ) {
     let (tenant, route, addr) = key;
-    let uri: Option<Uri> = format!("http://{addr}{}", hc.path).parse().ok();
-    let Some(uri) = uri else {
-        tracing::error!(%tenant, %route, backend = %addr, path = %hc.path, "invalid health-check path; checks disabled");
-        return;
-    };
     let mut ticker = tokio::time::interval(hc.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(hc.timeout, probe(&client, &uri, &host, &hc)).await
+        let result = match tokio::time::timeout(
+            hc.timeout,
+            probe(addr, &host, &hc, connect_timeout),
+        )
+        .await
         {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {:?}", hc.timeout)),
@@ -104,28 +105,41 @@ async fn check_loop(
     }
 }
 
+/// One check on its own short connection (`Connection: close`), so that a check proves the
+/// backend accepts connections, not just that an old pooled one is alive.
 async fn probe(
-    client: &UpstreamClient,
-    uri: &Uri,
+    addr: SocketAddr,
     host: &str,
     hc: &HealthCheck,
+    connect_timeout: std::time::Duration,
 ) -> Result<(), String> {
-    let req = Request::get(uri.clone())
+    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect failed: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let req = Request::get(hc.path.as_str())
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "tenantry-health-check")
-        .body(UpBody::Empty)
-        .map_err(|e| e.to_string())?;
-    match client.request(req).await {
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| format!("invalid health-check request: {e}"))?;
+    let result = match sender.send_request(req).await {
         Err(e) => Err(format!("request failed: {e}")),
         Ok(resp) => {
-            // Drain the body so the pooled connection can be reused.
             let status = resp.status().as_u16();
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            let _ = resp.into_body().collect().await;
             if status == hc.expect_status {
                 Ok(())
             } else {
                 Err(format!("status {status}, expected {}", hc.expect_status))
             }
         }
-    }
+    };
+    driver.abort();
+    result
 }

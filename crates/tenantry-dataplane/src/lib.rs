@@ -18,6 +18,7 @@ pub mod server;
 pub mod table;
 pub mod tls;
 pub mod upgrade;
+pub mod upstream;
 
 pub use gateway::{Gateway, ReloadError, ReloadReport};
 pub use server::{Listeners, StopMode, Stopper, serve, stopper};

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tenantry_domain::normalize_host;
 
@@ -30,6 +30,7 @@ use crate::gateway::Gateway;
 use crate::lb::select_backend;
 use crate::reqid;
 use crate::table::{Lookup, RouteRt};
+use crate::upstream::{self, Sent, UpstreamError};
 
 /// What the proxy knows about the downstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +77,9 @@ pub async fn handle(
         client: conn.peer.ip(),
         bytes: 0,
         error: None,
-        log: gw.access_log.clone(),
-        unrouted: Arc::clone(&gw.metrics.unrouted),
+        gw: Arc::clone(&gw),
+        conn: None,
+        complete: false,
     };
 
     // Phase 1: request filter.
@@ -98,52 +100,41 @@ pub async fn handle(
         return local_error(&gw, ErrorCode::NoHealthyBackend, tap, false);
     };
 
-    // Phase 4: upstream request (with one retry for idempotent requests without a body).
+    // Phase 4: upstream request. A request that could not be sent at all (connect failure)
+    // comes back from `upstream::send` and is retried once on another backend: nothing reached
+    // the first one, so this is safe for any method.
     let upgrade = wants_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     rewrite_request_headers(&mut parts.headers, &conn, &tap.host, &request_id, upgrade);
-    let retryable = !upgrade && is_idempotent(&parts.method) && has_no_body(&parts.headers, &body);
-    let mut up_body = if retryable {
-        drop(body);
-        Some(UpBody::Empty)
-    } else {
-        Some(UpBody::Stream(body, Arc::clone(&route.metrics)))
-    };
     let original_version = parts.version;
-    let path_and_query = parts.uri.path_and_query().cloned();
+    parts.version = Version::HTTP_11;
+    // Origin-form: the upstream gets the path and query; the original Host header is kept.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let mut up_req = Request::from_parts(parts, UpBody::Stream(body, Arc::clone(&route.metrics)));
     let mut backend = first;
-    let mut attempt = 0;
+    let mut retried = false;
     let result = loop {
         let b = &route.backends[backend];
         b.health.begin();
         tap.backend = Some(backend);
-        let uri = upstream_uri(&b.authority, path_and_query.as_ref());
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(Version::HTTP_11);
-        if let Some(h) = builder.headers_mut() {
-            *h = if retryable && attempt == 0 {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-        }
-        let body = up_body.take().unwrap_or(UpBody::Empty);
-        let up_req = match builder.body(body) {
-            Ok(r) => r,
-            Err(_) => break Err(ErrorCode::BadRequest),
-        };
-        let sent = tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, gw.client.request(up_req)).await;
+        let sent = tokio::time::timeout(
+            UPSTREAM_RESPONSE_TIMEOUT,
+            upstream::send(&b.health.pool, b.addr, &gw.settings.upstream, up_req),
+        )
+        .await;
         match sent {
-            Ok(Ok(resp)) => break Ok(resp),
-            Ok(Err(e)) => {
-                let connect = e.is_connect();
-                let threshold = route.unhealthy_threshold();
-                if b.health
-                    .record_failure(threshold, gw.now_ms(), crate::table::PASSIVE_RETRY_MS)
-                {
+            Ok(Ok(s)) => break Ok(s),
+            Ok(Err((err, unsent))) => {
+                let connect = matches!(err, UpstreamError::Connect(_));
+                if b.health.record_failure(
+                    route.unhealthy_threshold(),
+                    gw.now_ms(),
+                    crate::table::PASSIVE_RETRY_MS,
+                ) {
                     log_ejected(
                         &route,
                         backend,
@@ -154,27 +145,31 @@ pub async fn handle(
                         },
                     );
                 }
-                if connect
-                    && retryable
-                    && attempt == 0
-                    && let Some(next) =
-                        select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms())
-                {
-                    b.health.end();
-                    gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
-                    attempt += 1;
-                    up_body = Some(UpBody::Empty);
-                    backend = next;
-                    continue;
+                tracing::debug!(error = ?err, backend = %b.label(), "upstream request failed");
+                match (unsent, retried) {
+                    (Some(r), false) => {
+                        match select_backend(&route, conn.peer.ip(), Some(backend), gw.now_ms()) {
+                            Some(next) => {
+                                b.health.end();
+                                gw.metrics.global.retries.fetch_add(1, Ordering::Relaxed);
+                                retried = true;
+                                up_req = r;
+                                backend = next;
+                            }
+                            None => break Err(ErrorCode::BadGateway),
+                        }
+                    }
+                    _ => break Err(ErrorCode::BadGateway),
                 }
-                tracing::debug!(error = %e, backend = %b.label(), "upstream request failed");
-                break Err(ErrorCode::BadGateway);
             }
             Err(_) => break Err(ErrorCode::UpstreamTimeout),
         }
     };
-    let mut resp = match result {
-        Ok(r) => r,
+    let Sent {
+        response: mut resp,
+        conn: upstream_conn,
+    } = match result {
+        Ok(s) => s,
         Err(code) => return local_error(&gw, code, tap, false),
     };
 
@@ -193,12 +188,15 @@ pub async fn handle(
         tracing::info!(tenant = %route.tenant, route = %route.id, backend = %b.label(), "backend re-admitted after a successful request");
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the tunnel; it never goes back to the pool.
+        drop(upstream_conn);
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice_upgrade(down, up));
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
+        tap.conn = Some(upstream_conn);
     }
     let (mut rparts, rbody) = resp.into_parts();
     rparts.version = original_version;
@@ -258,18 +256,6 @@ fn resolve(gw: &Gateway, host: &str, path: &str) -> Result<Arc<RouteRt>, ErrorCo
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-fn has_no_body(h: &HeaderMap, body: &Incoming) -> bool {
-    use http_body::Body as _;
-    body.is_end_stream()
-        || (!h.contains_key(header::TRANSFER_ENCODING)
-            && h.get(header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0"))
-}
-
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
@@ -279,17 +265,6 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
         })
-}
-
-fn upstream_uri(authority: &http::uri::Authority, pq: Option<&http::uri::PathAndQuery>) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(
-        pq.cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_default()
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.

@@ -18,6 +18,7 @@ use tenantry_domain::{
 
 use crate::metrics::{MetricsRegistry, RouteMetrics};
 use crate::tls::{self, CertCache};
+use crate::upstream::IdlePool;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -34,6 +35,8 @@ pub struct BackendHealth {
     /// Milliseconds since the process epoch before which a passively ejected backend without
     /// active checks stays out.
     retry_at_ms: AtomicU64,
+    /// Idle keep-alive connections to this backend.
+    pub(crate) pool: IdlePool,
 }
 
 impl Default for BackendHealth {
@@ -44,6 +47,7 @@ impl Default for BackendHealth {
             consecutive_failures: AtomicU32::new(0),
             consecutive_successes: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
+            pool: IdlePool::default(),
         }
     }
 }
