@@ -88,7 +88,7 @@ pub fn check(file: &Path) -> ExitCode {
 /// `tenantry demo-backends --listen ADDR...`.
 pub fn demo_backends(args: DemoArgs) -> ExitCode {
     init_tracing();
-    report(runtime(None).and_then(|rt| {
+    report(runtime().and_then(|rt| {
         rt.block_on(async {
             let mut running = Vec::new();
             for addr in args.listen {
@@ -104,12 +104,11 @@ pub fn demo_backends(args: DemoArgs) -> ExitCode {
     }))
 }
 
-fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        b.worker_threads(n);
-    }
-    b.enable_all()
+/// The control runtime (admin, health checks, reloads, signals); proxy traffic runs on the
+/// workers that `serve` starts.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .thread_name("tenantry")
         .build()
         .context("cannot start the runtime")
@@ -147,9 +146,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report(
-        runtime(config.server.threads).and_then(|rt| rt.block_on(serve(args, path, config, demo))),
-    )
+    report(runtime().and_then(|rt| rt.block_on(serve(args, path, config, demo))))
 }
 
 async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool) -> Result<()> {
@@ -202,10 +199,14 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
 
     let (stopper, stop_rx) = tenantry_dataplane::stopper();
     tokio::spawn(handle_signals(Arc::clone(&gw), stopper.clone()));
+    let workers = server_settings
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let serving = tokio::spawn(tenantry_dataplane::serve(
         Arc::clone(&gw),
         listeners,
         stop_rx,
+        workers,
     ));
 
     let socket = match handover {
