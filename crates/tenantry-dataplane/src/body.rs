@@ -217,10 +217,10 @@ impl Drop for RespBody {
     fn drop(&mut self) {
         // A body that is already at its end may never be polled (HEAD, 204, 304): its
         // connection is still reusable.
-        if self.is_end_stream() {
-            if let Some(tap) = self.tap.as_mut() {
-                tap.complete = true;
-            }
+        if self.is_end_stream()
+            && let Some(tap) = self.tap.as_mut()
+        {
+            tap.complete = true;
         }
     }
 }
