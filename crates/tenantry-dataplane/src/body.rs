@@ -70,8 +70,8 @@ pub struct Tap {
     pub(crate) backend: Option<usize>,
     pub(crate) status: u16,
     pub(crate) method: Method,
-    pub(crate) path: Box<str>,
-    pub(crate) host: Box<str>,
+    pub(crate) uri: http::Uri,
+    pub(crate) host: Option<HeaderValue>,
     pub(crate) request_id: HeaderValue,
     pub(crate) client: std::net::IpAddr,
     pub(crate) bytes: u64,
@@ -119,8 +119,13 @@ impl Drop for Tap {
                 route: self.route.as_ref().map(|r| r.id.as_str()),
                 request_id: self.request_id.to_str().unwrap_or(""),
                 method: self.method.as_str(),
-                host: &self.host,
-                path: &self.path,
+                host: &tenantry_domain::normalize_host(
+                    self.host
+                        .as_ref()
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or(""),
+                ),
+                path: self.uri.path(),
                 status: self.status,
                 upstream: self.backend().map(|b| b.label()),
                 duration: elapsed,

@@ -33,12 +33,27 @@ use crate::table::{Lookup, RouteRt};
 use crate::upstream::{self, Sent, UpstreamError};
 
 /// What the proxy knows about the downstream connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
     /// Whether it arrived on the TLS listener.
     pub tls: bool,
+    /// The client IP as a header value, made once per connection for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Describes a new downstream connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            tls,
+            client_ip,
+        }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,17 +77,21 @@ pub async fn handle(
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
     };
-    let host: Box<str> = request_host(&req)
-        .map(|h| normalize_host(h).into())
-        .unwrap_or_default();
+    // Cheap clones (reference counts): the tap keeps them for the access log.
+    let host_value = request_host(&req);
+    let host_raw = host_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host = normalize_host(host_raw);
     let mut tap = Tap {
         start,
         route: None,
         backend: None,
         status: 0,
         method: req.method().clone(),
-        path: req.uri().path().into(),
-        host,
+        uri: req.uri().clone(),
+        host: host_value.clone(),
         request_id: request_id.clone(),
         client: conn.peer.ip(),
         bytes: 0,
@@ -88,7 +107,7 @@ pub async fn handle(
     }
 
     // Phase 2: resolve the tenant's route.
-    let route = match resolve(&gw, &tap.host, req.uri().path()) {
+    let route = match resolve(&gw, &host, req.uri().path()) {
         Ok(r) => r,
         Err(code) => return local_error(&gw, code, tap, false),
     };
@@ -106,7 +125,13 @@ pub async fn handle(
     let upgrade = wants_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    rewrite_request_headers(&mut parts.headers, &conn, &tap.host, &request_id, upgrade);
+    rewrite_request_headers(
+        &mut parts.headers,
+        &conn,
+        host_value.as_ref(),
+        &request_id,
+        upgrade,
+    );
     let original_version = parts.version;
     parts.version = Version::HTTP_11;
     // Origin-form: the upstream gets the path and query; the original Host header is kept.
@@ -223,12 +248,15 @@ fn log_ejected(route: &RouteRt, backend: usize, why: &str) {
     );
 }
 
-/// The request's host: `Host` for HTTP/1, `:authority` for HTTP/2.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+/// The request's host as sent: `Host` for HTTP/1, `:authority` for HTTP/2.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }
 
 /// Phase 1: refuse requests whose routing or framing two parsers could read differently.
@@ -269,36 +297,53 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// Forwarding a client's `Connection: close` upstream would kill upstream keep-alive.
+/// One pass over the (usually few) headers; nothing is hashed unless something is removed.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION)
-        && let Ok(list) = conn.to_str()
+    let mut found: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    let mut connection_listed = false;
+    for name in h.keys() {
+        let hop = *name == header::CONNECTION
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::PROXY_AUTHORIZATION
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+            || (*name == header::UPGRADE && !keep_upgrade);
+        if hop && n < found.len() {
+            connection_listed |= *name == header::CONNECTION;
+            found[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    if connection_listed && let Some(list) = h.get(header::CONNECTION).and_then(|v| v.to_str().ok())
     {
         let named: Vec<HeaderName> = list
             .split(',')
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
             .collect();
-        for n in named {
-            h.remove(n);
+        for name in named {
+            h.remove(name);
         }
     }
-    if !keep_upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
+    for name in found.into_iter().flatten() {
+        if keep_upgrade && name == header::CONNECTION {
+            continue;
+        }
+        h.remove(name);
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::PROXY_AUTHORIZATION);
-    h.remove(header::TE);
-    h.remove(header::TRAILER);
-    h.remove(header::TRANSFER_ENCODING);
 }
 
 /// Phase 4's header rewrite: hop-by-hop removal, original Host kept, forwarding headers set.
 fn rewrite_request_headers(
     h: &mut HeaderMap,
     conn: &ConnInfo,
-    host: &str,
+    host: Option<&HeaderValue>,
     request_id: &HeaderValue,
     upgrade: bool,
 ) {
@@ -306,12 +351,11 @@ fn rewrite_request_headers(
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let ip = conn.peer.ip();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+        None => Some(conn.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
@@ -319,9 +363,9 @@ fn rewrite_request_headers(
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
+        && let Some(v) = host
     {
-        h.insert(header::HOST, v);
+        h.insert(header::HOST, v.clone());
     }
     if let Some(v) = h.get(header::HOST).cloned() {
         h.insert(X_FORWARDED_HOST.clone(), v);
@@ -401,14 +445,11 @@ mod tests {
             HeaderValue::from_static("acme.localhost:8080"),
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let conn = ConnInfo {
-            peer: "10.0.0.9:5000".parse().unwrap(),
-            tls: true,
-        };
+        let conn = ConnInfo::new("10.0.0.9:5000".parse().unwrap(), true);
         rewrite_request_headers(
             &mut h,
             &conn,
-            "acme.localhost",
+            Some(&HeaderValue::from_static("acme.localhost:8080")),
             &HeaderValue::from_static("rid"),
             false,
         );

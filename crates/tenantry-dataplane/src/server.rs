@@ -348,9 +348,10 @@ async fn serve_connection(
         }
         Kind::Proxy { tls: false } => {
             let gw = Arc::clone(gw);
-            let conn = ConnInfo { peer, tls: false };
+            let conn = ConnInfo::new(peer, false);
             let svc = service_fn(move |req| {
                 let gw = Arc::clone(&gw);
+                let conn = conn.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
             });
             watcher
@@ -374,9 +375,10 @@ async fn serve_connection(
                 Err(_) => return,
             };
             let gw = Arc::clone(gw);
-            let conn = ConnInfo { peer, tls: true };
+            let conn = ConnInfo::new(peer, true);
             let svc = service_fn(move |req| {
                 let gw = Arc::clone(&gw);
+                let conn = conn.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
             });
             watcher
