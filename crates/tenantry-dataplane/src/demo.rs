@@ -28,6 +28,7 @@ pub struct EchoState {
     name: String,
     health_status: AtomicU16,
     hits: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A running echo backend; stopping it (or dropping it) closes its listener and connections.
@@ -48,6 +49,7 @@ impl EchoBackend {
             name: name.to_owned(),
             health_status: AtomicU16::new(200),
             hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
         Ok(Self { addr, state, task })
@@ -61,6 +63,11 @@ impl EchoBackend {
     /// Requests served, health checks excluded.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far (health checks included).
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// Stops listening and closes every connection.
@@ -87,6 +94,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<EchoState>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                state.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let state = Arc::clone(&state);
                 conns.spawn(async move {

@@ -157,3 +157,45 @@ async fn passive_ejection_on_5xx_without_active_checks() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "no_healthy_backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_whose_connect_fails_is_retried_on_another_backend_even_with_a_body() {
+    let mut b = echo_backends(2).await;
+    // Round robin over a dead and a live backend; no active checks, so the dead one is only
+    // found out by connecting to it.
+    let dead = b.remove(0);
+    let dead_addr = dead.addr;
+    dead.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let yaml = config(&format!(
+        "  - id: acme\n    routes:\n      - id: web\n        host: acme.localhost\n        backends: [ {{ address: {dead_addr} }}, {{ address: {} }} ]\n",
+        b[0].addr
+    ));
+    let t = Tenantry::start(bin(), &yaml).await;
+    let c = HttpClient::new();
+    for i in 0..4 {
+        let body = bytes::Bytes::from(vec![b'x'; 1000 + i]);
+        let r = c
+            .request("POST", t.http, "acme.localhost", "/submit", &[], body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.backend(), "b1");
+        assert_eq!(
+            r.json()["body_bytes"],
+            1000 + i,
+            "the body reached the live backend whole"
+        );
+    }
+    let metrics = c
+        .get(t.admin.unwrap(), "localhost", "/metrics")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let retries: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantry_upstream_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(retries >= 1, "{text}");
+}

@@ -123,3 +123,45 @@ async fn forwards_headers_and_request_ids() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_bytes"], 100_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let b = echo_backends(1).await;
+    let t = Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            "round_robin",
+            &[&b[0]],
+            "",
+        )),
+    )
+    .await;
+    let c = HttpClient::new();
+    for _ in 0..50 {
+        let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // HEAD answers have no body to read: their connection is reusable too.
+    for _ in 0..10 {
+        let r = c
+            .request(
+                "HEAD",
+                t.http,
+                "acme.localhost",
+                "/",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(b[0].hits(), 60);
+    assert!(
+        b[0].connections() <= 2,
+        "60 sequential requests opened {} upstream connections",
+        b[0].connections()
+    );
+}
