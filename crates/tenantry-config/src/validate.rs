@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tenantry_domain::{
-    Algorithm, Backend, BackendState, Conflict, HealthCheck, HostPattern, Route, RouteId, Snapshot,
-    Tenant, TenantId, TlsFiles,
+    Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern, Route,
+    RouteId, Snapshot, Tenant, TenantId, TlsFiles,
 };
 
 use crate::{ConfigErrors, GatewaySpec, HealthCheckSpec, RouteSpec, TenantSpec, parse_duration};
@@ -406,9 +406,21 @@ fn validate_route(
     let mut addrs = HashSet::new();
     for (i, b) in r.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
-        let address = addr(&b.address, &format!("{bpath}.address"), errs);
-        if let Some(a) = address
-            && !addrs.insert(a)
+        let address = match BackendAddr::parse(&b.address) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errs.push(
+                    format!("{bpath}.address"),
+                    format!(
+                        "invalid socket address {:?}: {e} (expected host:port, e.g. 127.0.0.1:8080 or app.internal:8080)",
+                        b.address
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(a) = &address
+            && !addrs.insert(a.clone())
         {
             errs.push(
                 format!("{bpath}.address"),

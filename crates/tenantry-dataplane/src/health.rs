@@ -3,7 +3,6 @@
 //! (see `proxy`); for routes with active checks, only an active check re-admits a backend.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,12 +10,12 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tenantry_config::UpstreamSettings;
-use tenantry_domain::{HealthCheck, RouteId, TenantId};
+use tenantry_domain::{BackendAddr, HealthCheck, RouteId, TenantId};
 use tokio::task::JoinHandle;
 
 use crate::table::{BackendHealth, RoutingTable};
 
-type Key = (TenantId, RouteId, SocketAddr);
+type Key = (TenantId, RouteId, BackendAddr);
 
 /// The running checkers.
 #[derive(Default)]
@@ -45,7 +44,7 @@ impl HealthSupervisor {
             let host = r.host.to_string().trim_start_matches("*.").to_owned();
             for b in r.backends.iter() {
                 wanted.insert(
-                    (r.tenant.clone(), r.id.clone(), b.addr),
+                    (r.tenant.clone(), r.id.clone(), b.addr.clone()),
                     (hc.clone(), Arc::clone(&b.health), host.clone()),
                 );
             }
@@ -83,15 +82,12 @@ async fn check_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(
-            hc.timeout,
-            probe(addr, &host, &hc, connect_timeout),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(format!("timed out after {:?}", hc.timeout)),
-        };
+        let result =
+            match tokio::time::timeout(hc.timeout, probe(&addr, &host, &hc, connect_timeout)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {:?}", hc.timeout)),
+            };
         let changed = match &result {
             Ok(()) => health.record_success(hc.healthy_threshold).then_some("up"),
             Err(_) => health
@@ -108,14 +104,13 @@ async fn check_loop(
 /// One check on its own short connection (`Connection: close`), so that a check proves the
 /// backend accepts connections, not just that an old pooled one is alive.
 async fn probe(
-    addr: SocketAddr,
+    addr: &BackendAddr,
     host: &str,
     hc: &HealthCheck,
     connect_timeout: std::time::Duration,
 ) -> Result<(), String> {
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+    let stream = crate::upstream::connect_tcp(addr, connect_timeout)
         .await
-        .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| format!("connect failed: {e}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))

@@ -116,7 +116,7 @@ mod tests {
     use crate::tls::CertCache;
     use std::sync::Arc;
     use tenantry_domain::{
-        Backend, BackendState, Change, HostPattern, Route, RouteId, Tenant, TenantId,
+        Backend, BackendAddr, BackendState, Change, HostPattern, Route, RouteId, Tenant, TenantId,
     };
 
     fn route(algorithm: Algorithm, weights: &[u32]) -> Arc<RouteRt> {
@@ -134,7 +134,7 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, w)| Backend {
-                        address: format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
+                        address: BackendAddr::parse(&format!("127.0.0.1:{}", 10000 + i)).unwrap(),
                         weight: *w,
                         state: BackendState::Active,
                     })

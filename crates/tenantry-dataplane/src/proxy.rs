@@ -148,7 +148,7 @@ pub async fn handle(
         tap.backend = Some(backend);
         let sent = tokio::time::timeout(
             UPSTREAM_RESPONSE_TIMEOUT,
-            upstream::send(&b.health.pool, b.addr, &gw.settings.upstream, up_req),
+            upstream::send(&b.health.pool, &b.addr, &gw.settings.upstream, up_req),
         )
         .await;
         match sent {

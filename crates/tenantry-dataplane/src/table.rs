@@ -7,13 +7,13 @@
 //! metrics) is carried over by key.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::sign::CertifiedKey;
 use tenantry_domain::{
-    Algorithm, BackendState, Change, HealthCheck, HostPattern, Route, RouteId, Tenant, TenantId,
+    Algorithm, BackendAddr, BackendState, Change, HealthCheck, HostPattern, Route, RouteId, Tenant,
+    TenantId,
 };
 
 use crate::metrics::{MetricsRegistry, RouteMetrics};
@@ -112,8 +112,8 @@ impl BackendHealth {
 /// A backend as one table version sees it.
 #[derive(Debug)]
 pub struct BackendRt {
-    /// Where it listens.
-    pub addr: SocketAddr,
+    /// Where it listens (IP or DNS name, resolved at connect time).
+    pub addr: BackendAddr,
     /// `ip:port` as a header value (the upstream URI authority).
     pub authority: http::uri::Authority,
     /// Weight.
@@ -392,7 +392,7 @@ fn build_route(
                 .map(|ob| Arc::clone(&ob.health))
                 .unwrap_or_default();
             BackendRt {
-                addr: b.address,
+                addr: b.address.clone(),
                 authority: b
                     .address
                     .to_string()

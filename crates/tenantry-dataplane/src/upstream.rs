@@ -8,7 +8,6 @@
 //! retrying it on another backend or connection needs no copy and is safe for any method.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tenantry_config::UpstreamSettings;
+use tenantry_domain::BackendAddr;
 use tokio::net::TcpStream;
 
 use crate::body::UpBody;
@@ -92,7 +92,7 @@ pub struct Sent {
 /// On failure, the request comes back if none of it was sent.
 pub async fn send(
     pool: &IdlePool,
-    addr: SocketAddr,
+    addr: &BackendAddr,
     settings: &UpstreamSettings,
     mut req: Request<UpBody>,
 ) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
@@ -122,9 +122,16 @@ pub async fn send(
     }
 }
 
-/// Opens a new HTTP/1.1 connection (with upgrade support) and spawns its driver task.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// Opens a TCP connection to a backend: directly for an IP, through the system resolver
+/// (trying each address) for a name. `timeout` covers resolution and connection.
+pub async fn connect_tcp(addr: &BackendAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let connecting = async {
+        match addr.socket_addr() {
+            Some(sa) => TcpStream::connect(sa).await,
+            None => TcpStream::connect((addr.connect_host(), addr.port())).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| {
             io::Error::new(
@@ -133,11 +140,18 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
             )
         })??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection (with upgrade support) and spawns its driver task.
+pub async fn connect(addr: &BackendAddr, timeout: Duration) -> io::Result<Conn> {
+    let stream = connect_tcp(addr, timeout).await?;
     let (conn, driver) = http1::Builder::new()
         .writev(true)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
+    let addr = addr.clone();
     tokio::spawn(async move {
         if let Err(e) = driver.with_upgrades().await {
             tracing::debug!(error = %e, backend = %addr, "upstream connection ended with an error");

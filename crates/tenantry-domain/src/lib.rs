@@ -1,11 +1,13 @@
 //! Tenantry's domain model: ids, tenants, routes, backends, the routing [`Snapshot`] and the
 //! [`Change`] algebra. Pure data and decisions: no IO, no async, no serde.
 
+mod addr;
 mod host;
 mod ids;
 mod route;
 mod snapshot;
 
+pub use addr::{AddrError, BackendAddr};
 pub use host::{HostError, HostPattern, normalize_host};
 pub use ids::{IdError, RouteId, TenantId};
 pub use route::{Algorithm, Backend, BackendState, HealthCheck, Route, Tenant, TlsFiles};

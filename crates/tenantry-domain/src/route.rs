@@ -1,10 +1,9 @@
 //! Tenants, their routes and the backends behind them.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{HostPattern, RouteId, TenantId};
+use crate::{BackendAddr, HostPattern, RouteId, TenantId};
 
 /// How a route picks a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -55,7 +54,7 @@ pub enum BackendState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Backend {
     /// Where the backend listens.
-    pub address: SocketAddr,
+    pub address: BackendAddr,
     /// Relative weight for `weighted_round_robin` (and `ip_hash`), at least 1.
     pub weight: u32,
     /// Active or draining.

@@ -188,7 +188,7 @@ mod tests {
                     tls: None,
                     health_check: None,
                     backends: vec![Backend {
-                        address: "127.0.0.1:1".parse().unwrap(),
+                        address: crate::BackendAddr::parse("127.0.0.1:1").unwrap(),
                         weight: 1,
                         state: BackendState::Active,
                     }],

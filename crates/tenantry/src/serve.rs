@@ -158,7 +158,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
             .flat_map(|t| {
                 t.routes
                     .iter()
-                    .flat_map(|r| r.backends.iter().map(|b| b.address))
+                    .flat_map(|r| r.backends.iter().filter_map(|b| b.address.socket_addr()))
             })
             .collect();
         for addr in addrs {

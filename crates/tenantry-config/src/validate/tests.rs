@@ -85,7 +85,7 @@ tenants:
             r#"tenants[1].routes[0].algorithm: unknown algorithm "random" (expected round_robin, weighted_round_robin, least_conn or ip_hash)"#,
             r#"tenants[1].routes[0].health_check.interval: invalid duration "5x": unknown unit "x" (use ms, s, m or h)"#,
             r#"tenants[1].routes[0].backends[1].weight: must be between 1 and 1000, got 0"#,
-            r#"tenants[1].routes[0].backends[2].address: invalid socket address "127.0.0.1:" (expected ip:port, e.g. 127.0.0.1:8080)"#,
+            r#"tenants[1].routes[0].backends[2].address: invalid socket address "127.0.0.1:": invalid port "" (expected host:port, e.g. 127.0.0.1:8080 or app.internal:8080)"#,
             r#"tenants[1].routes[0].backends[3].state: unknown state "paused" (expected active or drain)"#,
             r#"tenants[1].routes[1].backends: at least one backend is required"#,
         ],

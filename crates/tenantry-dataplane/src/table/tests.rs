@@ -17,7 +17,7 @@ fn route(id: &str, host: &str, prefix: &str, port: u16) -> Route {
         tls: None,
         health_check: None,
         backends: vec![Backend {
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            address: tenantry_domain::BackendAddr::parse(&format!("127.0.0.1:{port}")).unwrap(),
             weight: 1,
             state: BackendState::Active,
         }],
@@ -88,7 +88,7 @@ fn changing_one_tenant_keeps_others_and_carries_backend_state() {
     // Tenant a gets a second backend and a new host; b is untouched.
     let mut a = tenant("a", vec![route("web", "a2.test", "/", 1)]);
     a.routes[0].backends.push(Backend {
-        address: "127.0.0.1:9".parse().unwrap(),
+        address: tenantry_domain::BackendAddr::parse("127.0.0.1:9").unwrap(),
         weight: 1,
         state: BackendState::Drain,
     });

@@ -165,3 +165,31 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         b[0].connections()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_given_by_dns_name_is_resolved_at_connect_time() {
+    let b = echo_backends(1).await;
+    let yaml = config(&format!(
+        "  - id: acme\n    routes:\n      - id: web\n        host: acme.localhost\n        health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms }}\n        backends: [ {{ address: \"localhost:{}\" }} ]\n",
+        b[0].addr.port()
+    ));
+    let t = Tenantry::start(bin(), &yaml).await;
+    let c = HttpClient::new();
+    let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.backend(), "b0");
+    let text = String::from_utf8_lossy(
+        &c.get(t.admin.unwrap(), "localhost", "/metrics")
+            .await
+            .unwrap()
+            .body,
+    )
+    .into_owned();
+    assert!(
+        text.contains(&format!(
+            "tenantry_backend_up{{tenant=\"acme\",route=\"web\",backend=\"localhost:{}\"}} 1",
+            b[0].addr.port()
+        )),
+        "{text}"
+    );
+}
