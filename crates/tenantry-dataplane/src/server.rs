@@ -347,20 +347,14 @@ async fn serve_connection(
                 .await
         }
         Kind::Proxy { tls: false } => {
-            let gw = Arc::clone(gw);
-            let conn = ConnInfo::new(peer, false);
-            let svc = service_fn(move |req| {
-                let gw = Arc::clone(&gw);
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
-            });
-            watcher
-                .watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned(),
-                )
-                .await
+            serve_proxy(
+                TokioIo::new(stream),
+                ConnInfo::new(peer, false),
+                gw,
+                builder,
+                watcher,
+            )
+            .await
         }
         Kind::Proxy { tls: true } => {
             let Some(acceptor) = tls else { return };
@@ -374,25 +368,41 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
-            let gw = Arc::clone(gw);
-            let conn = ConnInfo::new(peer, true);
-            let svc = service_fn(move |req| {
-                let gw = Arc::clone(&gw);
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
-            });
-            watcher
-                .watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned(),
-                )
-                .await
+            serve_proxy(
+                TokioIo::new(stream),
+                ConnInfo::new(peer, true),
+                gw,
+                builder,
+                watcher,
+            )
+            .await
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
+}
+
+/// Serves proxied HTTP (1.1 with upgrades, or 2) on a plain or TLS stream.
+async fn serve_proxy<I>(
+    io: TokioIo<I>,
+    conn: ConnInfo,
+    gw: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let gw = Arc::clone(gw);
+    let svc = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
+    });
+    watcher
+        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
+        .await
 }
 
 fn text(

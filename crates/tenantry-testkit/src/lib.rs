@@ -280,6 +280,16 @@ impl Tenantry {
         )
     }
 
+    /// The Prometheus text from `GET /metrics` on the admin listener.
+    pub async fn metrics(&self) -> String {
+        let admin = self
+            .admin
+            .unwrap_or_else(|| panic!("no admin listener configured"));
+        let r = HttpClient::new().get(admin, "localhost", "/metrics").await;
+        let r = r.unwrap_or_else(|e| panic!("metrics request failed: {e}"));
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, `QUIT`, `KILL`) with `kill(1)`.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")

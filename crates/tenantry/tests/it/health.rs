@@ -41,9 +41,7 @@ async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
             .await
             || t.stderr.contains("\"state\":\"down\"")
     );
-    let admin = t.admin.unwrap();
-    let metrics = c.get(admin, "localhost", "/metrics").await.unwrap();
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let text = t.metrics().await;
     assert!(
         text.contains(&format!(
             "tenantry_backend_up{{tenant=\"acme\",route=\"web\",backend=\"{dead_addr}\"}} 0"
@@ -187,11 +185,7 @@ async fn request_whose_connect_fails_is_retried_on_another_backend_even_with_a_b
             "the body reached the live backend whole"
         );
     }
-    let metrics = c
-        .get(t.admin.unwrap(), "localhost", "/metrics")
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let text = t.metrics().await;
     let retries: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("tenantry_upstream_retries_total "))

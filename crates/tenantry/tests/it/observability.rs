@@ -31,13 +31,7 @@ async fn metrics_fold_tenants_beyond_the_limit_and_access_log_has_every_field() 
         assert_eq!(r.status, 200);
     }
     let _ = c.get(t.http, "nobody.localhost", "/").await.unwrap();
-    let text = String::from_utf8_lossy(
-        &c.get(t.admin.unwrap(), "localhost", "/metrics")
-            .await
-            .unwrap()
-            .body,
-    )
-    .into_owned();
+    let text = t.metrics().await;
     let tenant_labels: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("tenantry_requests_total{"))

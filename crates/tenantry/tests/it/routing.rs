@@ -178,13 +178,7 @@ async fn backend_given_by_dns_name_is_resolved_at_connect_time() {
     let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.backend(), "b0");
-    let text = String::from_utf8_lossy(
-        &c.get(t.admin.unwrap(), "localhost", "/metrics")
-            .await
-            .unwrap()
-            .body,
-    )
-    .into_owned();
+    let text = t.metrics().await;
     assert!(
         text.contains(&format!(
             "tenantry_backend_up{{tenant=\"acme\",route=\"web\",backend=\"localhost:{}\"}} 1",
