@@ -187,7 +187,16 @@ pub async fn handle(
                     _ => break Err(ErrorCode::BadGateway),
                 }
             }
-            Err(_) => break Err(ErrorCode::UpstreamTimeout),
+            Err(_) => {
+                if b.health.record_failure(
+                    route.unhealthy_threshold(),
+                    gw.now_ms(),
+                    crate::table::PASSIVE_RETRY_MS,
+                ) {
+                    log_ejected(&route, backend, "response timeouts");
+                }
+                break Err(ErrorCode::UpstreamTimeout);
+            }
         }
     };
     let Sent {
@@ -209,6 +218,9 @@ pub async fn handle(
         ) {
             log_ejected(&route, backend, "5xx responses");
         }
+    } else if route.health_check.is_some() {
+        // Only the active check re-admits a backend on such routes (healthy_threshold).
+        b.health.reset_failures();
     } else if b.health.record_success(1) {
         tracing::info!(tenant = %route.tenant, route = %route.id, backend = %b.label(), "backend re-admitted after a successful request");
     }

@@ -73,7 +73,7 @@ impl BackendHealth {
 
     /// Records a success (passive or active). Returns true if the backend just came back.
     pub(crate) fn record_success(&self, healthy_threshold: u32) -> bool {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.reset_failures();
         if self.healthy.load(Ordering::Relaxed) {
             return false;
         }
@@ -83,6 +83,14 @@ impl BackendHealth {
             return !self.healthy.swap(true, Ordering::Relaxed);
         }
         false
+    }
+
+    /// Clears the run of failures (a success). Reads first: on the request path the counter
+    /// is almost always zero already, and a store would bounce the cache line between cores.
+    pub(crate) fn reset_failures(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Records a failure. Returns true if the backend just went down.
