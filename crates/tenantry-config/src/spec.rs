@@ -82,6 +82,9 @@ pub struct UpstreamSpec {
     /// How long an idle pooled connection is kept (default `90s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// How long a backend may take to send response headers (default `60s`); then 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<String>,
     /// Idle keep-alive connections kept per backend (default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_backend: Option<usize>,

@@ -48,6 +48,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Idle pooled connection lifetime.
     pub idle_timeout: Duration,
+    /// Time allowed until response headers arrive.
+    pub response_timeout: Duration,
     /// Idle connections kept per backend.
     pub max_idle_per_backend: usize,
 }
@@ -251,6 +253,15 @@ fn validate_server(
         "upstream.idle_timeout",
         errs,
     );
+    let response_timeout = duration(
+        up.response_timeout.as_deref(),
+        Duration::from_secs(60),
+        "upstream.response_timeout",
+        errs,
+    );
+    if response_timeout.is_zero() {
+        errs.push("upstream.response_timeout", "must be greater than 0");
+    }
     let max_header_bytes = spec
         .limits
         .as_ref()
@@ -280,6 +291,7 @@ fn validate_server(
         upstream: super::UpstreamSettings {
             connect_timeout,
             idle_timeout,
+            response_timeout,
             max_idle_per_backend: up.max_idle_per_backend.unwrap_or(512),
         },
         max_header_bytes,

@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -62,9 +62,6 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// How long the upstream may take to send response headers.
-const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
@@ -147,7 +144,7 @@ pub async fn handle(
         b.health.begin();
         tap.backend = Some(backend);
         let sent = tokio::time::timeout(
-            UPSTREAM_RESPONSE_TIMEOUT,
+            gw.settings.upstream.response_timeout,
             upstream::send(&b.health.pool, &b.addr, &gw.settings.upstream, up_req),
         )
         .await;

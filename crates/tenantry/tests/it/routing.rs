@@ -187,3 +187,38 @@ async fn backend_given_by_dns_name_is_resolved_at_connect_time() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_gets_504_after_the_response_timeout() {
+    let b = echo_backends(1).await;
+    let yaml = config(&tenant(
+        "acme",
+        "acme.localhost",
+        "round_robin",
+        &[&b[0]],
+        "",
+    ))
+    .replace(
+        "access_log: true\n",
+        "access_log: true\nupstream: { response_timeout: 300ms }\n",
+    );
+    let t = Tenantry::start(bin(), &yaml).await;
+    let c = HttpClient::new();
+    let started = std::time::Instant::now();
+    let r = c
+        .get(t.http, "acme.localhost", "/slow?ms=3000")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A fast request still works afterwards.
+    assert_eq!(
+        c.get(t.http, "acme.localhost", "/").await.unwrap().status,
+        200
+    );
+}
