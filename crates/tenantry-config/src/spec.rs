@@ -2,7 +2,20 @@
 //! Unknown keys are errors. Values that need checking (addresses, durations, enums) are kept as
 //! strings here so that validation can name the field that is wrong.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Deserializes a list and gives back its spare capacity at once. serde grows lists by
+/// doubling from 4; with 100k tenants of one route each, the spare slots alone were 40% of the
+/// parse's peak memory, and the allocator keeps a peak resident.
+fn shrunk<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let mut v = Vec::<T>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,7 +52,7 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<String>,
     /// The tenants and their routes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shrunk")]
     pub tenants: Vec<TenantSpec>,
 }
 
@@ -118,7 +131,7 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
     /// The tenant's routes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shrunk")]
     pub routes: Vec<RouteSpec>,
 }
 
@@ -138,12 +151,12 @@ pub struct RouteSpec {
     pub algorithm: Option<String>,
     /// Certificate for the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsSpec>,
+    pub tls: Option<Box<TlsSpec>>,
     /// Active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheckSpec>,
+    pub health_check: Option<Box<HealthCheckSpec>>,
     /// Backends (at least one).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shrunk")]
     pub backends: Vec<BackendSpec>,
 }
 
