@@ -149,6 +149,7 @@ async fn echo(
         "x_forwarded_proto": h("x-forwarded-proto"),
         "x_forwarded_host": h("x-forwarded-host"),
         "x_request_id": h("x-request-id"),
+        "forwarded": h("forwarded"),
         "connection": h("connection"),
     });
     let (_, body) = req.into_parts();

@@ -41,6 +41,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client IP as a header value, made once per connection for `X-Forwarded-For`.
     client_ip: HeaderValue,
+    /// `for=…;proto=…` of the RFC 7239 `Forwarded` element, made once per connection.
+    forwarded: Box<str>,
 }
 
 impl ConnInfo {
@@ -48,10 +50,17 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let proto = if tls { "https" } else { "http" };
+        let forwarded = match peer.ip() {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        }
+        .into_boxed_str();
         Self {
             peer,
             tls,
             client_ip,
+            forwarded,
         }
     }
 }
@@ -377,9 +386,36 @@ fn rewrite_request_headers(
         h.insert(header::HOST, v.clone());
     }
     if let Some(v) = h.get(header::HOST).cloned() {
+        forwarded_element(h, conn, &v);
         h.insert(X_FORWARDED_HOST.clone(), v);
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Appends this hop to `Forwarded` (RFC 7239): `for=<client>;proto=<scheme>;host=<host>`,
+/// the host quoted when it is not a token (a port's `:`).
+fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    let Ok(host) = host.to_str() else { return };
+    let token = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let element = if token {
+        format!("{};host={host}", conn.forwarded)
+    } else {
+        format!(
+            "{};host=\"{}\"",
+            conn.forwarded,
+            host.replace(['"', '\\'], "")
+        )
+    };
+    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::FORWARDED, v);
+    }
 }
 
 async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
@@ -465,6 +501,19 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "acme.localhost:8080");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.9;proto=https;host=\"acme.localhost:8080\""
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("acme.localhost"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
+        let v6 = ConnInfo::new("[2001:db8::1]:5000".parse().unwrap(), false);
+        rewrite_request_headers(&mut h, &v6, None, &HeaderValue::from_static("rid"), false);
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1, for=\"[2001:db8::1]\";proto=http;host=acme.localhost"
+        );
         assert_eq!(h["x-request-id"], "rid");
     }
 }

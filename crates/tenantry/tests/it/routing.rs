@@ -80,6 +80,10 @@ async fn forwards_headers_and_request_ids() {
     assert_eq!(j["x_forwarded_for"], "127.0.0.1");
     assert_eq!(j["x_forwarded_proto"], "http");
     assert_eq!(j["x_forwarded_host"], "acme.localhost:80");
+    assert_eq!(
+        j["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"acme.localhost:80\""
+    );
     assert_eq!(j["query"], "q=1");
     let generated = r.headers["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 32);
