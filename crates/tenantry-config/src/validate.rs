@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tenantry_domain::{
@@ -90,6 +91,7 @@ pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
         errs
     })?;
     let spec = parse_yaml(&text)?;
+    drop(text); // the file can be large; free it before validation builds the snapshot
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     validate(&spec, base)
 }
@@ -399,15 +401,15 @@ fn validate_route(
         if t.key.is_empty() {
             errs.push(format!("{path}.tls.key"), "must not be empty");
         }
-        TlsFiles {
+        Box::new(TlsFiles {
             cert: resolve(base, &t.cert),
             key: resolve(base, &t.key),
-        }
+        })
     });
     let health_check = r
         .health_check
         .as_ref()
-        .map(|h| validate_health(h, &format!("{path}.health_check"), errs));
+        .map(|h| Arc::new(validate_health(h, &format!("{path}.health_check"), errs)));
     if r.backends.is_empty() {
         errs.push(
             format!("{path}.backends"),

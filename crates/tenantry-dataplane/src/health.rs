@@ -45,7 +45,7 @@ impl HealthSupervisor {
             for b in r.backends.iter() {
                 wanted.insert(
                     (r.tenant.clone(), r.id.clone(), b.addr.clone()),
-                    (hc.clone(), Arc::clone(&b.health), host.clone()),
+                    ((**hc).clone(), Arc::clone(&b.health), host.clone()),
                 );
             }
         }

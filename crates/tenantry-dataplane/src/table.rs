@@ -154,8 +154,8 @@ pub struct RouteRt {
     pub algorithm: Algorithm,
     /// Backends.
     pub backends: Box<[BackendRt]>,
-    /// Active checks, if configured.
-    pub health_check: Option<HealthCheck>,
+    /// Active checks, if configured (shared with the domain route).
+    pub health_check: Option<Arc<HealthCheck>>,
     /// Counters and histograms.
     pub metrics: Arc<RouteMetrics>,
     /// Round-robin position and smooth-weighted state.
@@ -166,7 +166,7 @@ pub struct RouteRt {
 pub(crate) struct LbState {
     pub(crate) next: AtomicUsize,
     /// Smooth weighted round robin state (allocated for that algorithm only).
-    pub(crate) current_weights: Option<Mutex<Box<[i64]>>>,
+    pub(crate) current_weights: Option<Box<Mutex<Box<[i64]>>>>,
 }
 
 /// Passive ejection threshold for routes without an active check.
@@ -421,7 +421,7 @@ fn build_route(
         lb: LbState {
             next: AtomicUsize::new(0),
             current_weights: (r.algorithm == Algorithm::WeightedRoundRobin)
-                .then(|| Mutex::new(vec![0; backends.len()].into_boxed_slice())),
+                .then(|| Box::new(Mutex::new(vec![0; backends.len()].into_boxed_slice()))),
         },
         backends,
         health_check: r.health_check.clone(),

@@ -1,6 +1,7 @@
 //! Tenants, their routes and the backends behind them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{BackendAddr, HostPattern, RouteId, TenantId};
@@ -98,10 +99,10 @@ pub struct Route {
     pub path_prefix: String,
     /// Backend selection.
     pub algorithm: Algorithm,
-    /// Certificate for the host, if served over TLS.
-    pub tls: Option<TlsFiles>,
-    /// Active health checks, if any.
-    pub health_check: Option<HealthCheck>,
+    /// Certificate for the host, if served over TLS (boxed: most routes have none).
+    pub tls: Option<Box<TlsFiles>>,
+    /// Active health checks, if any (shared with the data plane's runtime route).
+    pub health_check: Option<Arc<HealthCheck>>,
     /// At least one backend.
     pub backends: Vec<Backend>,
 }
