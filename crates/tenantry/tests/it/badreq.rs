@@ -7,17 +7,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejects_smuggling_oversized_headers_and_garbage() {
     let b = echo_backends(1).await;
-    let mut t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0]],
-            "",
-        )),
-    )
-    .await;
+    let mut t = start_acme("round_robin", &[&b[0]], "").await;
     let d = Duration::from_secs(3);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (

@@ -9,17 +9,7 @@ const HC: &str = "        health_check: { path: /healthz, interval: 100ms, timeo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
     let mut b = echo_backends(2).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0], &b[1]],
-            HC,
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0], &b[1]], HC).await;
     let c = HttpClient::new();
     for _ in 0..4 {
         assert_eq!(
@@ -69,17 +59,7 @@ async fn killed_backend_is_ejected_without_client_errors_and_readmitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_health_endpoint_takes_backend_out_until_it_recovers() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0], &b[1]],
-            HC,
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0], &b[1]], HC).await;
     let c = HttpClient::new();
     b[0].set_health_status(500);
     assert!(
@@ -121,17 +101,7 @@ async fn failing_health_endpoint_takes_backend_out_until_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ejection_on_5xx_without_active_checks() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0], &b[1]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0], &b[1]], "").await;
     let c = HttpClient::new();
     // /status/502 makes whichever backend answers return 502; three in a row on b0 eject it.
     let mut fives = 0;

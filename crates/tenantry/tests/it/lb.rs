@@ -31,17 +31,7 @@ async fn weighted_round_robin_follows_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
     let b = echo_backends(3).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0], &b[1], &b[2]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0], &b[1], &b[2]], "").await;
     let d = distribution(&t, "acme.localhost", 300).await;
     for name in ["b0", "b1", "b2"] {
         let n = d.get(name).copied().unwrap_or(0);
@@ -52,17 +42,7 @@ async fn round_robin_spreads_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_keeps_a_client_on_one_backend() {
     let b = echo_backends(3).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "ip_hash",
-            &[&b[0], &b[1], &b[2]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("ip_hash", &[&b[0], &b[1], &b[2]], "").await;
     let d = distribution(&t, "acme.localhost", 60).await;
     assert_eq!(
         d.len(),
@@ -100,17 +80,7 @@ async fn ip_hash_keeps_a_client_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_avoids_the_busy_backend() {
     let b = echo_backends(2).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "least_conn",
-            &[&b[0], &b[1]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("least_conn", &[&b[0], &b[1]], "").await;
     // Occupy one backend with slow requests.
     let c = HttpClient::new();
     let mut slow = Vec::new();

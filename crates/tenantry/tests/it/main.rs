@@ -28,6 +28,21 @@ pub fn config(tenants: &str) -> String {
     )
 }
 
+/// Starts the binary with one tenant `acme` on `acme.localhost` routing to `backends`.
+pub async fn start_acme(algorithm: &str, backends: &[&EchoBackend], extra: &str) -> Tenantry {
+    Tenantry::start(
+        bin(),
+        &config(&tenant(
+            "acme",
+            "acme.localhost",
+            algorithm,
+            backends,
+            extra,
+        )),
+    )
+    .await
+}
+
 /// One tenant with one route to the given backends.
 pub fn tenant(
     id: &str,

@@ -61,17 +61,7 @@ async fn unknown_host_no_route_and_no_healthy_backend_are_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_headers_and_request_ids() {
     let b = echo_backends(1).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
     let c = HttpClient::new();
 
     let r = c.get(t.http, "acme.localhost:80", "/p?q=1").await.unwrap();
@@ -131,17 +121,7 @@ async fn forwards_headers_and_request_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let b = echo_backends(1).await;
-    let t = Tenantry::start(
-        bin(),
-        &config(&tenant(
-            "acme",
-            "acme.localhost",
-            "round_robin",
-            &[&b[0]],
-            "",
-        )),
-    )
-    .await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
     let c = HttpClient::new();
     for _ in 0..50 {
         let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
