@@ -164,6 +164,25 @@ fn report_conflict(spec: &GatewaySpec, c: &Conflict, errs: &mut ConfigErrors) {
     }
 }
 
+/// Shares one allocation between the many tenants and routes that repeat the same short
+/// string (plan names, the `/` prefix): a 100k-tenant file otherwise holds 100k copies.
+fn interned(s: &str) -> Arc<str> {
+    thread_local! {
+        static STRINGS: std::cell::RefCell<HashSet<Arc<str>>> = std::cell::RefCell::new(HashSet::new());
+    }
+    STRINGS.with(|set| {
+        let mut set = set.borrow_mut();
+        if let Some(existing) = set.get(s) {
+            return Arc::clone(existing);
+        }
+        let new: Arc<str> = s.into();
+        if set.len() < 1024 {
+            set.insert(Arc::clone(&new));
+        }
+        new
+    })
+}
+
 fn addr(value: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
     match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -320,7 +339,7 @@ fn validate_tenant(
             None
         }
     };
-    let plan = t.plan.clone().unwrap_or_else(|| "free".to_owned());
+    let plan: Arc<str> = interned(t.plan.as_deref().unwrap_or("free"));
     if plan.is_empty() {
         errs.push(format!("{path}.plan"), "must not be empty");
     }
@@ -369,7 +388,7 @@ fn validate_route(
             )
         })
         .ok();
-    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+    let path_prefix = interned(r.path_prefix.as_deref().unwrap_or("/"));
     if !path_prefix.starts_with('/') {
         errs.push(
             format!("{path}.path_prefix"),

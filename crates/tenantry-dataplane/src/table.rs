@@ -122,8 +122,6 @@ impl BackendHealth {
 pub struct BackendRt {
     /// Where it listens (IP or DNS name, resolved at connect time).
     pub addr: BackendAddr,
-    /// `ip:port` as a header value (the upstream URI authority).
-    pub authority: http::uri::Authority,
     /// Weight.
     pub weight: u32,
     /// Active or draining (per table version).
@@ -135,7 +133,7 @@ pub struct BackendRt {
 impl BackendRt {
     /// `ip:port`, for logs and metrics.
     pub fn label(&self) -> &str {
-        self.authority.as_str()
+        self.addr.as_str()
     }
 }
 
@@ -149,7 +147,7 @@ pub struct RouteRt {
     /// Host pattern.
     pub host: HostPattern,
     /// Path prefix.
-    pub prefix: Box<str>,
+    pub prefix: Arc<str>,
     /// Backend selection.
     pub algorithm: Algorithm,
     /// Backends.
@@ -222,17 +220,15 @@ pub enum Lookup<'a> {
 }
 
 /// A tenant's runtime part: its routes (kept so a later change can find what to remove).
-#[derive(Debug)]
-struct TenantRt {
-    routes: Box<[Arc<RouteRt>]>,
-}
+/// One allocation per tenant: with 100k tenants every word counts.
+type TenantRoutes = Arc<[Arc<RouteRt>]>;
 
 /// The routing table (immutable once built; see [`RoutingTable::apply`]).
 #[derive(Debug, Clone, Default)]
 pub struct RoutingTable {
     exact: FastMap<Arc<str>, Arc<HostEntry>>,
     wildcard: FastMap<Arc<str>, Arc<HostEntry>>,
-    tenants: FastMap<TenantId, Arc<TenantRt>>,
+    tenants: FastMap<TenantId, TenantRoutes>,
     route_count: usize,
 }
 
@@ -290,7 +286,7 @@ impl RoutingTable {
 
     /// Every route, for metrics and health supervision.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteRt>> {
-        self.tenants.values().flat_map(|t| t.routes.iter())
+        self.tenants.values().flat_map(|t| t.iter())
     }
 
     /// Builds the next table from this one and a batch of changes. Only the tenants named in
@@ -304,7 +300,7 @@ impl RoutingTable {
         let mut next = self.clone();
         // Remove every changed tenant first, then insert: a host may move from one tenant to
         // another within one batch, and removing the old owner must not drop the new entry.
-        let olds: Vec<Option<Arc<TenantRt>>> = changes
+        let olds: Vec<Option<TenantRoutes>> = changes
             .iter()
             .map(|c| next.remove_tenant(c.tenant()))
             .collect();
@@ -317,22 +313,22 @@ impl RoutingTable {
         Ok(next)
     }
 
-    fn remove_tenant(&mut self, id: &TenantId) -> Option<Arc<TenantRt>> {
+    fn remove_tenant(&mut self, id: &TenantId) -> Option<TenantRoutes> {
         let old = self.tenants.remove(id)?;
-        for r in old.routes.iter() {
+        for r in old.iter() {
             match &r.host {
                 HostPattern::Exact(n) => self.exact.remove(n),
                 HostPattern::Wildcard(s) => self.wildcard.remove(s),
             };
         }
-        self.route_count -= old.routes.len();
+        self.route_count -= old.len();
         Some(old)
     }
 
     fn insert_tenant(
         &mut self,
         t: &Tenant,
-        old: Option<&TenantRt>,
+        old: Option<&[Arc<RouteRt>]>,
         metrics: &MetricsRegistry,
         certs: &mut CertCache,
     ) -> Result<(), TableError> {
@@ -371,12 +367,7 @@ impl RoutingTable {
             };
         }
         self.route_count += routes.len();
-        self.tenants.insert(
-            t.id.clone(),
-            Arc::new(TenantRt {
-                routes: routes.into_boxed_slice(),
-            }),
-        );
+        self.tenants.insert(t.id.clone(), routes.into());
         Ok(())
     }
 }
@@ -384,10 +375,10 @@ impl RoutingTable {
 fn build_route(
     t: &Tenant,
     r: &Route,
-    old: Option<&TenantRt>,
+    old: Option<&[Arc<RouteRt>]>,
     metrics: &MetricsRegistry,
 ) -> RouteRt {
-    let old_route = old.and_then(|o| o.routes.iter().find(|x| x.id == r.id));
+    let old_route = old.and_then(|o| o.iter().find(|x| x.id == r.id));
     let backends = r
         .backends
         .iter()
@@ -401,11 +392,6 @@ fn build_route(
                 .unwrap_or_default();
             BackendRt {
                 addr: b.address.clone(),
-                authority: b
-                    .address
-                    .to_string()
-                    .parse()
-                    .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
                 weight: b.weight,
                 state: b.state,
                 health,
@@ -416,7 +402,7 @@ fn build_route(
         tenant: t.id.clone(),
         id: r.id.clone(),
         host: r.host.clone(),
-        prefix: r.path_prefix.as_str().into(),
+        prefix: Arc::clone(&r.path_prefix),
         algorithm: r.algorithm,
         lb: LbState {
             next: AtomicUsize::new(0),

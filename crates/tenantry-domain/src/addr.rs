@@ -22,7 +22,9 @@ pub enum AddrError {
 /// whose address changes in DNS is followed without a reload.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendAddr {
-    host: Arc<str>,
+    /// `host:port` as it is shown and logged (the name lowercased).
+    text: Arc<str>,
+    host_len: u16,
     ip: Option<IpAddr>,
     port: u16,
 }
@@ -39,22 +41,14 @@ impl BackendAddr {
             let ip: IpAddr = v6
                 .parse()
                 .map_err(|_| AddrError::BadHost(host.to_owned()))?;
-            return Ok(Self {
-                host: host.into(),
-                ip: Some(ip),
-                port,
-            });
+            return Ok(Self::new(host, Some(ip), port));
         }
         if host.contains(':') {
             // An IPv6 literal must be bracketed: "::1:80" is ambiguous.
             return Err(AddrError::BadHost(host.to_owned()));
         }
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(Self {
-                host: host.into(),
-                ip: Some(ip),
-                port,
-            });
+            return Ok(Self::new(host, Some(ip), port));
         }
         let name = host.to_ascii_lowercase();
         let valid = !name.is_empty()
@@ -70,11 +64,21 @@ impl BackendAddr {
         if !valid {
             return Err(AddrError::BadHost(host.to_owned()));
         }
-        Ok(Self {
-            host: name.into(),
-            ip: None,
+        Ok(Self::new(&name, None, port))
+    }
+
+    fn new(host: &str, ip: Option<IpAddr>, port: u16) -> Self {
+        Self {
+            text: format!("{host}:{port}").into(),
+            host_len: u16::try_from(host.len()).unwrap_or(u16::MAX),
+            ip,
             port,
-        })
+        }
+    }
+
+    /// `host:port`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The socket address, when the host is an IP literal.
@@ -84,12 +88,12 @@ impl BackendAddr {
 
     /// The host part as written (`[..]` kept for IPv6).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.text[..usize::from(self.host_len)]
     }
 
     /// The host to resolve or connect to (IPv6 without brackets).
     pub fn connect_host(&self) -> &str {
-        self.host.trim_start_matches('[').trim_end_matches(']')
+        self.host().trim_start_matches('[').trim_end_matches(']')
     }
 
     /// The port.
@@ -104,17 +108,13 @@ impl From<SocketAddr> for BackendAddr {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("[{v6}]"),
         };
-        Self {
-            host: host.into(),
-            ip: Some(a.ip()),
-            port: a.port(),
-        }
+        Self::new(&host, Some(a.ip()), a.port())
     }
 }
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
+        f.write_str(&self.text)
     }
 }
 

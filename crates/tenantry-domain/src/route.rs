@@ -96,7 +96,7 @@ pub struct Route {
     /// The host this route answers for.
     pub host: HostPattern,
     /// Path prefix, starting with `/`; the longest matching prefix wins among a host's routes.
-    pub path_prefix: String,
+    pub path_prefix: Arc<str>,
     /// Backend selection.
     pub algorithm: Algorithm,
     /// Certificate for the host, if served over TLS (boxed: most routes have none).
@@ -132,7 +132,7 @@ pub struct Tenant {
     /// The tenant's slug.
     pub id: TenantId,
     /// The plan name (limits come from it in later layers).
-    pub plan: String,
+    pub plan: Arc<str>,
     /// The tenant's routes.
     pub routes: Vec<Route>,
 }

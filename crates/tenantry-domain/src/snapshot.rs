@@ -55,7 +55,7 @@ pub enum Conflict {
         /// The host.
         host: HostPattern,
         /// The prefix.
-        path_prefix: String,
+        path_prefix: Arc<str>,
         /// The route that came first.
         first: RouteId,
         /// The duplicate.
@@ -152,7 +152,7 @@ impl Snapshot {
                         owners.insert(&r.host, &t.id);
                     }
                 }
-                if let Some(first) = seen.insert((&r.host, r.path_prefix.as_str()), &r.id) {
+                if let Some(first) = seen.insert((&r.host, &*r.path_prefix), &r.id) {
                     out.push(Conflict::DuplicateRoute {
                         tenant: t.id.clone(),
                         host: r.host.clone(),
@@ -176,7 +176,7 @@ mod tests {
     fn tenant(id: &str, plan: &str, hosts: &[&str]) -> Tenant {
         Tenant {
             id: TenantId::parse(id).unwrap(),
-            plan: plan.to_owned(),
+            plan: plan.into(),
             routes: hosts
                 .iter()
                 .enumerate()
