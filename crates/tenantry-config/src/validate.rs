@@ -372,7 +372,7 @@ fn validate_route(
     errs: &mut ConfigErrors,
 ) -> Option<Route> {
     let before = errs.0.len();
-    let id = RouteId::parse(&r.id)
+    let id = RouteId::from_shared(interned(&r.id))
         .map_err(|e| {
             errs.push(
                 format!("{path}.id"),

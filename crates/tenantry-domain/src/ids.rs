@@ -52,6 +52,13 @@ macro_rules! slug_id {
                 Ok(Self(Arc::from(s)))
             }
 
+            /// Like [`Self::parse`], reusing an existing shared string (ids that many
+            /// tenants repeat, such as route `web`, then share one allocation).
+            pub fn from_shared(s: Arc<str>) -> Result<Self, IdError> {
+                check_slug(&s)?;
+                Ok(Self(s))
+            }
+
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
                 &self.0
