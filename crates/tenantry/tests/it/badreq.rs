@@ -72,3 +72,67 @@ async fn rejects_smuggling_oversized_headers_and_garbage() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// xorshift64*: a fixed-seed generator so that a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_random_and_mutated_requests() {
+    let b = echo_backends(1).await;
+    let mut t = start_acme("round_robin", &[&b[0]], "").await;
+    let valid: &[u8] = b"POST /api/x?y=1 HTTP/1.1\r\nHost: acme.localhost\r\nContent-Length: 5\r\nX-Request-Id: abc\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nhello";
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let bytes: Vec<u8> = if i % 3 == 0 {
+            // Pure noise of random length.
+            (0..rng.next() % 512).map(|_| rng.next() as u8).collect()
+        } else {
+            // A valid request with a few bytes flipped, dropped or duplicated.
+            let mut v = valid.to_vec();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() as usize) % v.len();
+                match rng.next() % 3 {
+                    0 => v[at] = rng.next() as u8,
+                    1 => {
+                        v.remove(at);
+                    }
+                    _ => v.insert(at, v[at]),
+                }
+            }
+            v
+        };
+        let addr = t.http;
+        tasks.push(tokio::spawn(async move {
+            raw_request(addr, &bytes, Duration::from_millis(300)).await
+        }));
+        if tasks.len() == 30 {
+            for task in tasks.drain(..) {
+                let _ = task.await;
+            }
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    assert!(t.is_running(), "the gateway died on hostile input");
+    assert!(
+        !t.stderr.contains("panicked"),
+        "a task panicked:\n{}",
+        t.stderr.all().join("\n")
+    );
+    let r = HttpClient::new()
+        .get(t.http, "acme.localhost", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
