@@ -8,6 +8,7 @@ mod health;
 mod lb;
 mod observability;
 mod routing;
+mod tidy;
 mod tls_ws;
 mod upgrade;
 
