@@ -145,17 +145,23 @@ backend_accepts() {
     fi
 }
 
+nginx_main_conf() { # DIR: the top of every nginx config here (one worker, own pid and log)
+    cat <<CONF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 10000;
+events { worker_connections 4096; }
+CONF
+}
+
 write_backend_conf() {
     local dir=$OUT/backends
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
 # backends: one nginx worker, two server blocks with a fixed tiny body
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 4096; }
+$(nginx_main_conf "$dir")
 http {
     access_log off;
     default_type text/plain;
@@ -177,12 +183,7 @@ write_nginx_conf() { # NAME PORT ACCESS_LOG_DIRECTIVE
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
 # $name: one worker, keep-alive upstream, round robin
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 4096; }
+$(nginx_main_conf "$dir")
 http {
     $alog
     keepalive_requests 100000;

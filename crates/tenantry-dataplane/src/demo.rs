@@ -74,11 +74,6 @@ impl EchoBackend {
     pub fn stop(self) {
         self.task.abort();
     }
-
-    /// Waits until the backend stops (never, unless its task fails).
-    pub async fn wait(mut self) {
-        let _ = (&mut self.task).await;
-    }
 }
 
 impl Drop for EchoBackend {

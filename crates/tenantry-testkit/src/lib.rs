@@ -130,12 +130,6 @@ fn spawn_reader(r: impl std::io::Read + Send + 'static, lines: Lines, echo: bool
     });
 }
 
-/// Where the `tenantry` binary is. Integration tests of the `tenantry` package pass
-/// `env!("CARGO_BIN_EXE_tenantry")`.
-pub fn tenantry_bin(from_env: &str) -> PathBuf {
-    PathBuf::from(from_env)
-}
-
 impl Tenantry {
     /// Writes `yaml` to `config.yaml` in a fresh folder and starts `tenantry serve` on it.
     /// Use `127.0.0.1:0` listeners; the bound ports are read from the "listening" log line.
