@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BackendAddr, HostPattern, RouteId, TenantId};
+use crate::{BackendAddr, HostPattern, PlanLimits, RouteId, TenantId};
 
 /// How a route picks a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -131,8 +131,13 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub struct Tenant {
     /// The tenant's slug.
     pub id: TenantId,
-    /// The plan name (limits come from it in later layers).
+    /// The plan name.
     pub plan: Arc<str>,
+    /// The subscription's effective limits, once the control plane has derived them (`None`
+    /// for a tenant read straight from a file, before it reaches the store).
+    pub limits: Option<Arc<PlanLimits>>,
+    /// A suspended tenant's hosts answer `403 tenant_suspended`.
+    pub suspended: bool,
     /// The tenant's routes.
     pub routes: Vec<Route>,
 }

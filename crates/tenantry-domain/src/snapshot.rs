@@ -177,6 +177,8 @@ mod tests {
         Tenant {
             id: TenantId::parse(id).unwrap(),
             plan: plan.into(),
+            limits: None,
+            suspended: false,
             routes: hosts
                 .iter()
                 .enumerate()
