@@ -10,11 +10,12 @@ mod validate;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use spec::{
-    AdminSpec, BackendSpec, GatewaySpec, HealthCheckSpec, LimitsSpec, MetricsSpec, RouteSpec,
-    RuntimeSpec, ShutdownSpec, TenantSpec, TlsSpec, UpstreamSpec,
+    AdminSpec, AuthSpec, BackendSpec, GatewaySpec, HealthCheckSpec, JwtSpec, LimitsSpec,
+    MetricsSpec, RouteSpec, RuntimeSpec, ShutdownSpec, TenantSpec, TlsSpec, UpstreamSpec,
 };
 pub use validate::{
-    GatewayConfig, ServerSettings, UpstreamSettings, load_file, parse_yaml, validate,
+    AuthSettings, GatewayConfig, JwtKeyFiles, ServerSettings, UpstreamSettings, load_file,
+    parse_yaml, tenant_from_store, validate, validate_route_spec,
 };
 
 pub use tenantry_domain::Snapshot;

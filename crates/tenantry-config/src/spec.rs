@@ -51,9 +51,40 @@ pub struct GatewaySpec {
     /// Unix socket through which `serve --upgrade` takes over the listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<String>,
+    /// Control-plane authentication (JWT issuer, keys, token lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     /// The tenants and their routes.
     #[serde(default, deserialize_with = "shrunk")]
     pub tenants: Vec<TenantSpec>,
+}
+
+/// `auth:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// The `iss` claim of issued tokens (default `tenantry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Access token lifetime (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ttl: Option<String>,
+    /// Asymmetric signing keys; without them tokens are HS256 with a secret generated in the
+    /// data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// `auth.jwt:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// PEM private key (signs).
+    pub private_key: String,
+    /// PEM public key (verifies).
+    pub public_key: String,
 }
 
 /// `admin:` section.
@@ -137,6 +168,7 @@ pub struct TenantSpec {
 
 /// One route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Slug, unique within the tenant.
@@ -162,6 +194,7 @@ pub struct RouteSpec {
 
 /// `tls:` of a route; relative paths are relative to the config file's folder.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// PEM certificate chain file.
@@ -172,6 +205,7 @@ pub struct TlsSpec {
 
 /// `health_check:` of a route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
     /// Path (default `/healthz`).
@@ -196,6 +230,7 @@ pub struct HealthCheckSpec {
 
 /// One backend.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     /// `ip:port`.

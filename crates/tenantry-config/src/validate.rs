@@ -40,6 +40,30 @@ pub struct ServerSettings {
     pub threads: Option<usize>,
     /// Unix socket used for `serve --upgrade`.
     pub upgrade_socket: Option<PathBuf>,
+    /// Control-plane authentication.
+    pub auth: AuthSettings,
+}
+
+/// Control-plane authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
+    /// RS256/ES256 key files; `None`: HS256 with a generated secret in the data directory.
+    pub jwt: Option<JwtKeyFiles>,
+}
+
+/// Asymmetric JWT keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKeyFiles {
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// PEM public key.
+    pub public_key: PathBuf,
 }
 
 /// Upstream connection settings.
@@ -298,10 +322,12 @@ fn validate_server(
     if threads == Some(0) {
         errs.push("runtime.threads", "must be at least 1");
     }
+    let auth = validate_auth(spec.auth.as_ref(), base, errs);
     if errs.0.len() > before {
         return None;
     }
     Some(ServerSettings {
+        auth,
         listen: listen?,
         tls_listen,
         admin_listen,
@@ -318,6 +344,100 @@ fn validate_server(
         max_header_bytes,
         threads,
         upgrade_socket: spec.upgrade_socket.as_deref().map(|p| resolve(base, p)),
+    })
+}
+
+fn validate_auth(
+    spec: Option<&crate::AuthSpec>,
+    base: &Path,
+    errs: &mut ConfigErrors,
+) -> AuthSettings {
+    let spec = spec.cloned().unwrap_or_default();
+    let issuer = spec.issuer.unwrap_or_else(|| "tenantry".to_owned());
+    if issuer.is_empty() {
+        errs.push("auth.issuer", "must not be empty");
+    }
+    let token_ttl = duration(
+        spec.token_ttl.as_deref(),
+        Duration::from_secs(3600),
+        "auth.token_ttl",
+        errs,
+    );
+    if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(7 * 86400) {
+        errs.push("auth.token_ttl", "must be between 1m and 7d");
+    }
+    let jwt = spec.jwt.map(|j| {
+        if !matches!(j.algorithm.as_str(), "RS256" | "ES256") {
+            errs.push(
+                "auth.jwt.algorithm",
+                format!(
+                    "unknown algorithm {:?} (expected RS256 or ES256)",
+                    j.algorithm
+                ),
+            );
+        }
+        for (name, p) in [
+            ("private_key", &j.private_key),
+            ("public_key", &j.public_key),
+        ] {
+            if !resolve(base, p).is_file() {
+                errs.push(format!("auth.jwt.{name}"), format!("no such file {p:?}"));
+            }
+        }
+        JwtKeyFiles {
+            algorithm: j.algorithm,
+            private_key: resolve(base, &j.private_key),
+            public_key: resolve(base, &j.public_key),
+        }
+    });
+    AuthSettings {
+        issuer,
+        token_ttl,
+        jwt,
+    }
+}
+
+/// Validates one route as the admin API receives it; error paths are relative to the route
+/// (`host`, `backends[0].address`). Relative certificate paths resolve against `base`.
+pub fn validate_route_spec(r: &RouteSpec, base: &Path) -> Result<Route, ConfigErrors> {
+    let mut errs = ConfigErrors(Vec::new());
+    let route = validate_route(r, "", base, &mut errs);
+    for e in &mut errs.0 {
+        if let Some(rest) = e.path.strip_prefix('.') {
+            e.path = rest.to_owned();
+        }
+    }
+    match route {
+        Some(route) if errs.is_empty() => Ok(route),
+        _ => Err(errs),
+    }
+}
+
+/// Builds the data plane's view of a tenant held in the control-plane store.
+pub fn tenant_from_store(
+    id: TenantId,
+    plan: &str,
+    limits: Option<Arc<tenantry_domain::PlanLimits>>,
+    suspended: bool,
+    routes: &[RouteSpec],
+    base: &Path,
+) -> Result<Tenant, ConfigErrors> {
+    let mut errs = ConfigErrors(Vec::new());
+    let mut out = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(route) = validate_route(r, &format!("{id}.routes[{i}]"), base, &mut errs) {
+            out.push(route);
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Tenant {
+        id,
+        plan: interned(plan),
+        limits,
+        suspended,
+        routes: out,
     })
 }
 
@@ -361,6 +481,8 @@ fn validate_tenant(
     Some(Tenant {
         id: id?,
         plan,
+        limits: None,
+        suspended: false,
         routes,
     })
 }
