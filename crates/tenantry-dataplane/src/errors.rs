@@ -10,6 +10,8 @@ pub enum ErrorCode {
     UnknownHost,
     /// The host is known but no route prefix matches the path (404).
     NoRoute,
+    /// The host's tenant is suspended by the platform operator (403).
+    TenantSuspended,
     /// Every backend of the route is down or draining (503).
     NoHealthyBackend,
     /// The upstream failed (connection refused or reset, invalid response) (502).
@@ -27,6 +29,7 @@ impl ErrorCode {
         match self {
             ErrorCode::UnknownHost => "unknown_host",
             ErrorCode::NoRoute => "no_route",
+            ErrorCode::TenantSuspended => "tenant_suspended",
             ErrorCode::NoHealthyBackend => "no_healthy_backend",
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
@@ -38,6 +41,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::UnknownHost | ErrorCode::NoRoute => StatusCode::NOT_FOUND,
+            ErrorCode::TenantSuspended => StatusCode::FORBIDDEN,
             ErrorCode::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

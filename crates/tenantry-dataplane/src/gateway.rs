@@ -1,9 +1,12 @@
 //! The gateway's shared state: the live routing table behind `ArcSwap`, the upstream client,
 //! metrics, the access log, and reconfiguration (reload from file, coalesced).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -45,6 +48,29 @@ pub enum ReloadError {
     Build(String),
 }
 
+/// A boxed future, for the hooks below.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Where reloads (SIGHUP, `POST /admin/reload`) get the next snapshot from, when the gateway
+/// is not fed by its config file alone (e.g. the file is imported into the control-plane
+/// store, and the store is what the proxy serves).
+pub trait ConfigSource: Send + Sync {
+    /// Produces the snapshot to move to.
+    fn load(&self) -> BoxFuture<Result<Snapshot, ReloadError>>;
+}
+
+/// A request for the admin API mounted under `/api` on the admin listener.
+pub type ApiRequest = http::Request<
+    http_body_util::combinators::UnsyncBoxBody<
+        bytes::Bytes,
+        Box<dyn std::error::Error + Send + Sync>,
+    >,
+>;
+
+/// The admin API handler: the request and the client's address in, a buffered response out.
+pub type ApiHandler =
+    Arc<dyn Fn(ApiRequest, SocketAddr) -> BoxFuture<http::Response<bytes::Bytes>> + Send + Sync>;
+
 /// Shared state of a running gateway.
 pub struct Gateway {
     pub(crate) table: Arc<ArcSwap<RoutingTable>>,
@@ -58,6 +84,8 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<Option<Result<ReloadReport, ReloadError>>>,
     reloads_started: AtomicU64,
     health: Mutex<HealthSupervisor>,
+    source: OnceLock<Arc<dyn ConfigSource>>,
+    api: OnceLock<ApiHandler>,
 }
 
 struct ReconfigState {
@@ -103,6 +131,8 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(None),
             reloads_started: AtomicU64::new(0),
             health: Mutex::new(HealthSupervisor::default()),
+            source: OnceLock::new(),
+            api: OnceLock::new(),
         });
         gw.reconcile_health();
         Ok(gw)
@@ -131,6 +161,25 @@ impl Gateway {
     /// Starts draining: `/readyz` answers 503 and responses carry `Connection: close`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes reloads take their snapshot from `source` instead of the config file. Set once.
+    pub fn set_config_source(&self, source: Arc<dyn ConfigSource>) {
+        if self.source.set(source).is_err() {
+            tracing::warn!("configuration source already set; keeping the first");
+        }
+    }
+
+    /// Mounts the admin API under `/api` on the admin listener. Set once.
+    pub fn set_api(&self, api: ApiHandler) {
+        if self.api.set(api).is_err() {
+            tracing::warn!("admin API already mounted; keeping the first");
+        }
+    }
+
+    /// The admin API handler, if mounted.
+    pub(crate) fn api(&self) -> Option<&ApiHandler> {
+        self.api.get()
     }
 
     /// Writes out buffered access log lines (call when the server has stopped).
@@ -185,6 +234,13 @@ impl Gateway {
     }
 
     async fn reload_now(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
+        if let Some(source) = self.source.get() {
+            let target = source.load().await?;
+            let gw = Arc::clone(self);
+            return tokio::task::spawn_blocking(move || gw.apply_snapshot(target))
+                .await
+                .map_err(|e| ReloadError::Build(format!("reload task failed: {e}")))?;
+        }
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
         let gw = Arc::clone(self);
         // Parsing, validating and building are CPU work (large configs take a while): keep
@@ -224,6 +280,43 @@ impl Gateway {
         self.reconcile_health();
         Ok(ReloadReport {
             changed_tenants: changes.len(),
+            tenants,
+            routes,
+            build_ms: ms(build),
+            swap_ms: ms(swap),
+        })
+    }
+
+    /// Applies changes to single tenants (the admin API's path: one tenant changed, rebuild
+    /// that tenant only). Changes that leave a tenant as it is are skipped.
+    pub fn apply_changes(&self, changes: &[Change]) -> Result<ReloadReport, ReloadError> {
+        let build_start = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let effective: Vec<Change> = changes
+            .iter()
+            .filter(|c| match c {
+                Change::PutTenant(t) => state.snapshot.tenant(&t.id) != Some(t),
+                Change::RemoveTenant(id) => state.snapshot.tenant(id).is_some(),
+            })
+            .cloned()
+            .collect();
+        let current = self.table.load_full();
+        let next = current
+            .apply(&effective, &self.metrics, &mut state.certs)
+            .map_err(|e| ReloadError::Build(e.to_string()))?;
+        let build = build_start.elapsed();
+        let (tenants, routes) = (next.tenant_count(), next.route_count());
+        let swap_start = Instant::now();
+        self.table.store(Arc::new(next));
+        let swap = swap_start.elapsed();
+        for c in &effective {
+            state.snapshot.apply(c);
+        }
+        drop(state);
+        drop(current);
+        self.reconcile_health();
+        Ok(ReloadReport {
+            changed_tenants: effective.len(),
             tenants,
             routes,
             build_ms: ms(build),

@@ -123,6 +123,8 @@ mod tests {
         let t = Tenant {
             id: TenantId::parse("t").unwrap(),
             plan: "free".into(),
+            limits: None,
+            suspended: false,
             routes: vec![Route {
                 id: RouteId::parse("r").unwrap(),
                 host: HostPattern::parse("t.test").unwrap(),

@@ -20,5 +20,7 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 
-pub use gateway::{Gateway, ReloadError, ReloadReport};
+pub use gateway::{
+    ApiHandler, ApiRequest, BoxFuture, ConfigSource, Gateway, ReloadError, ReloadReport,
+};
 pub use server::{Listeners, StopMode, Stopper, serve, stopper};

@@ -118,6 +118,9 @@ pub async fn handle(
         Err(code) => return local_error(&gw, code, tap, false),
     };
     tap.route = Some(Arc::clone(&route));
+    if route.suspended {
+        return local_error(&gw, ErrorCode::TenantSuspended, tap, false);
+    }
 
     // Phase 3: choose an upstream.
     let now = gw.now_ms();

@@ -425,6 +425,18 @@ async fn admin(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
+    if let Some(api) = gw.api()
+        && (req.uri().path() == "/api" || req.uri().path().starts_with("/api/"))
+    {
+        let req = req.map(|b| {
+            use http_body_util::BodyExt as _;
+            b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .boxed_unsync()
+        });
+        let resp = api(req, peer).await;
+        let (parts, body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, RespBody::full(body, None)));
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {

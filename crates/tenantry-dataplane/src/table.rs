@@ -150,6 +150,8 @@ pub struct RouteRt {
     pub prefix: Arc<str>,
     /// Backend selection.
     pub algorithm: Algorithm,
+    /// The tenant is suspended: the proxy answers `403 tenant_suspended` (fits in padding).
+    pub suspended: bool,
     /// Backends.
     pub backends: Box<[BackendRt]>,
     /// Active checks, if configured (shared with the domain route).
@@ -404,6 +406,7 @@ fn build_route(
         host: r.host.clone(),
         prefix: Arc::clone(&r.path_prefix),
         algorithm: r.algorithm,
+        suspended: t.suspended,
         lb: LbState {
             next: AtomicUsize::new(0),
             current_weights: (r.algorithm == Algorithm::WeightedRoundRobin)

@@ -28,6 +28,8 @@ fn tenant(id: &str, routes: Vec<Route>) -> Tenant {
     Tenant {
         id: TenantId::parse(id).unwrap(),
         plan: "free".into(),
+        limits: None,
+        suspended: false,
         routes,
     }
 }
