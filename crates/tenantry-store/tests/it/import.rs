@@ -1,0 +1,113 @@
+//! The YAML file's tenants imported into the store.
+
+use tenantry_config::TenantSpec;
+use tenantry_store::{NewTenant, StoreError};
+
+use crate::support::*;
+
+fn spec(id: &str, plan: Option<&str>, routes: Vec<tenantry_config::RouteSpec>) -> TenantSpec {
+    TenantSpec {
+        id: id.into(),
+        plan: plan.map(Into::into),
+        routes,
+    }
+}
+
+store_test!(
+    async fn import_is_idempotent(db) {
+        let p = db.store.platform();
+        let file = vec![
+            spec("acme", Some("pro"), vec![full_route("web", "acme.example.com"), route("api", "api.acme.example.com", &["10.0.0.1:80"])]),
+            spec("beta", None, vec![route("web", "beta.example.com", &["10.0.1.1:80"])]),
+        ];
+        assert_eq!(p.import_file_tenants(&file).await.unwrap(), vec![tid("acme"), tid("beta")]);
+        let audit_len = p.audit(1000, None).await.unwrap().len();
+        assert_eq!(p.import_file_tenants(&file).await.unwrap(), vec![]);
+        assert_eq!(p.audit(1000, None).await.unwrap().len(), audit_len, "a no-op import writes nothing");
+
+        let acme = p.load_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(acme.tenant.managed_by, "file");
+        assert_eq!(acme.tenant.name, "acme");
+        assert_eq!(acme.plan, "pro");
+        assert_eq!(acme.routes.len(), 2);
+        let beta = p.load_tenant(&tid("beta")).await.unwrap().unwrap();
+        assert_eq!(beta.plan, "free");
+
+        // One route changes: only that tenant is reported.
+        let mut file2 = file.clone();
+        file2[1].routes[0].backends[0].address = "10.0.1.2:80".into();
+        assert_eq!(p.import_file_tenants(&file2).await.unwrap(), vec![tid("beta")]);
+        assert_eq!(
+            db.store.tenant(&tid("beta")).list_routes().await.unwrap()[0].backends[0].address,
+            "10.0.1.2:80"
+        );
+        // A plan change is reported too.
+        let mut file3 = file2.clone();
+        file3[0].plan = Some("enterprise".into());
+        assert_eq!(p.import_file_tenants(&file3).await.unwrap(), vec![tid("acme")]);
+        assert_eq!(db.store.tenant(&tid("acme")).subscription().await.unwrap().plan, "enterprise");
+    }
+);
+
+store_test!(
+    async fn import_adopts_api_tenants_and_releases_dropped_ones(db) {
+        let p = db.store.platform();
+        let api = tenant_with_owner(&db.store, "corp", "pro").await;
+        let file = vec![
+            spec("acme", None, vec![route("web", "acme.example.com", &["10.0.0.1:80"])]),
+            spec("corp", None, vec![route("web", "corp.example.com", &["10.0.2.1:80"])]),
+        ];
+        assert_eq!(p.import_file_tenants(&file).await.unwrap(), vec![tid("acme"), tid("corp")]);
+        let corp = p.get_tenant(&api).await.unwrap().unwrap();
+        assert_eq!(corp.managed_by, "file");
+        assert_eq!(corp.name, "Tenant corp", "an adopted tenant keeps its name");
+        // No plan in the file: the API tenant keeps its own.
+        assert_eq!(db.store.tenant(&api).subscription().await.unwrap().plan, "pro");
+        assert_eq!(db.store.tenant(&api).list_users().await.unwrap().len(), 1);
+
+        // acme leaves the file: it is kept, managed by the API again.
+        let changed = p.import_file_tenants(&file[1..]).await.unwrap();
+        assert!(changed.is_empty(), "{changed:?}");
+        let acme = p.get_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(acme.managed_by, "api");
+        assert_eq!(db.store.tenant(&tid("acme")).list_routes().await.unwrap().len(), 1);
+    }
+);
+
+store_test!(
+    async fn import_is_atomic_and_hosts_can_move_between_file_tenants(db) {
+        let p = db.store.platform();
+        let api = tid("shop");
+        p.create_tenant(&admin(), NewTenant { id: api.clone(), name: "Shop".into(), plan: "free".into() }, None)
+            .await
+            .unwrap();
+        db.store.tenant(&api).create_route(&admin(), &route("web", "shop.example.com", &["10.0.0.1:80"])).await.unwrap();
+
+        let file = vec![
+            spec("acme", None, vec![route("web", "acme.example.com", &["10.0.0.1:80"])]),
+            spec("beta", None, vec![route("web", "shop.example.com", &["10.0.0.1:80"])]),
+        ];
+        let r = p.import_file_tenants(&file).await;
+        assert!(matches!(&r, Err(StoreError::Conflict { kind: "host", .. })), "{r:?}");
+        assert!(p.get_tenant(&tid("acme")).await.unwrap().is_none(), "nothing of a failed import remains");
+        assert_eq!(p.list_tenants().await.unwrap().len(), 1);
+
+        let r = p.import_file_tenants(&[spec("x", Some("gold"), vec![])]).await;
+        assert!(matches!(&r, Err(StoreError::NotFound { kind: "plan", .. })), "{r:?}");
+        let r = p.import_file_tenants(&[spec("Bad_Id", None, vec![])]).await;
+        assert!(matches!(&r, Err(StoreError::Invalid(_))), "{r:?}");
+
+        // A host moves from acme to beta within one import, whatever the order.
+        let first = vec![
+            spec("acme", None, vec![route("web", "move.example.com", &["10.0.0.1:80"])]),
+            spec("beta", None, vec![]),
+        ];
+        p.import_file_tenants(&first).await.unwrap();
+        let second = vec![
+            spec("beta", None, vec![route("web", "move.example.com", &["10.0.0.1:80"])]),
+            spec("acme", None, vec![route("web", "acme.example.com", &["10.0.0.1:80"])]),
+        ];
+        assert_eq!(p.import_file_tenants(&second).await.unwrap(), vec![tid("acme"), tid("beta")]);
+        assert_eq!(db.store.tenant(&tid("beta")).list_routes().await.unwrap()[0].host, "move.example.com");
+    }
+);
