@@ -21,6 +21,21 @@ pub use tenantry_dataplane::demo::EchoBackend;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Whether a test must fail, rather than skip, when a service it needs (PostgreSQL, Redis) is
+/// absent: `TENANTRY_REQUIRE_SERVICES=1`, as CI sets it.
+pub fn services_required() -> bool {
+    std::env::var("TENANTRY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing service: prints `skipped: {reason}` so the caller can return early, or
+/// panics when [`services_required`].
+pub fn skip_or_fail(reason: &str) {
+    if services_required() {
+        panic!("{reason} (TENANTRY_REQUIRE_SERVICES=1)");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// A scratch folder removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
@@ -97,6 +112,11 @@ impl Lines {
         self.contains(needle)
     }
 }
+
+/// The platform admin every test instance bootstraps.
+pub const ADMIN_EMAIL: &str = "admin@tenantry.test";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
 
 /// A running `tenantry serve` process.
 #[derive(Debug)]
@@ -185,6 +205,12 @@ impl Tenantry {
         let mut child = Command::new(bin)
             .args(args)
             .env("TENANTRY_LOG", "info")
+            // Each instance gets its own embedded store next to its config, and a known
+            // platform admin (tests log in with ADMIN_EMAIL / ADMIN_PASSWORD).
+            .env("TENANTRY_DATA_DIR", dir.path().join("data"))
+            .env_remove("TENANTRY_STORE")
+            .env("TENANTRY_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("TENANTRY_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -25,6 +25,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Apply the control-plane store's migrations and exit.
+    Migrate(StoreArgs),
     /// Run sample echo backends (for trying Tenantry out, tests and benchmarks).
     DemoBackends(DemoArgs),
 }
@@ -46,6 +48,20 @@ pub struct ServeArgs {
     /// Start echo backends on every backend address of the configuration.
     #[arg(long)]
     pub demo_backends: bool,
+    /// Control-plane store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Where the control plane keeps its data.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory: the embedded SQLite store (`tenantry.db`) and the JWT secret.
+    #[arg(long, env = "TENANTRY_DATA_DIR", default_value = "tenantry-data")]
+    pub data_dir: PathBuf,
+    /// Store URL instead of the embedded SQLite file, e.g. `postgres://user@host/db`.
+    #[arg(long, env = "TENANTRY_STORE")]
+    pub store: Option<String>,
 }
 
 /// `tenantry config`.

@@ -2,6 +2,7 @@
 //! library crates.
 
 mod cli;
+mod control;
 mod serve;
 
 use std::process::ExitCode;
@@ -20,5 +21,6 @@ fn main() -> ExitCode {
             command: cli::ConfigCommand::Check { file },
         } => serve::check(&file),
         cli::Command::DemoBackends(args) => serve::demo_backends(args),
+        cli::Command::Migrate(args) => serve::migrate(args),
     }
 }

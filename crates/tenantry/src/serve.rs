@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tenantry_config::{GatewayConfig, ServerSettings};
+use tenantry_config::{GatewayConfig, GatewaySpec, ServerSettings};
 use tenantry_dataplane::demo::EchoBackend;
 use tenantry_dataplane::server::{Listeners, StopMode, Stopper};
 use tenantry_dataplane::{Gateway, upgrade};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{DemoArgs, ServeArgs};
+use crate::cli::{DemoArgs, ServeArgs, StoreArgs};
+use crate::control;
 
 /// The example configuration used when `serve` gets no `--config`.
 const QUICKSTART: &str = concat!(
@@ -44,12 +45,23 @@ fn report(result: Result<()>) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<GatewayConfig, String> {
-    tenantry_config::load_file(path).map_err(|errs| {
+    load_spec(path).map(|(_, c)| c)
+}
+
+/// Reads, parses and validates a file, keeping the spec (its tenants go into the store).
+fn load_spec(path: &Path) -> Result<(GatewaySpec, GatewayConfig), String> {
+    let show = |errs: tenantry_config::ConfigErrors| {
         errs.iter()
             .map(|e| format!("{}: {e}", path.display()))
             .collect::<Vec<_>>()
             .join("\n")
-    })
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let spec = tenantry_config::parse_yaml(&text).map_err(show)?;
+    drop(text);
+    let config = tenantry_config::validate(&spec, &control::base_dir(path)).map_err(show)?;
+    Ok((spec, config))
 }
 
 /// `tenantry config check FILE`.
@@ -138,7 +150,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(QUICKSTART));
-    let config = match load(&path) {
+    let (spec, config) = match load_spec(&path) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("{msg}");
@@ -146,10 +158,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report(runtime().and_then(|rt| rt.block_on(serve(args, path, config, demo))))
+    report(runtime().and_then(|rt| rt.block_on(serve(args, path, spec, config, demo))))
 }
 
-async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool) -> Result<()> {
+/// `tenantry migrate`.
+pub fn migrate(args: StoreArgs) -> ExitCode {
+    init_tracing();
+    report(runtime().and_then(|rt| rt.block_on(control::migrate(&args))))
+}
+
+async fn serve(
+    args: ServeArgs,
+    path: PathBuf,
+    spec: GatewaySpec,
+    mut config: GatewayConfig,
+    demo: bool,
+) -> Result<()> {
     let mut demo_backends = Vec::new();
     if demo {
         let addrs: BTreeSet<SocketAddr> = config
@@ -170,6 +194,24 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
         tracing::info!(count = demo_backends.len(), "demo backends started");
     }
 
+    // The control plane: the store is what the proxy serves; the file's tenants are imported
+    // into it first (the file wins for the tenants it lists).
+    let base = control::base_dir(&path);
+    let store = tokio::time::timeout(control::STORE_TIMEOUT, control::open_store(&args.store))
+        .await
+        .context("the store did not answer in time")??;
+    store
+        .platform()
+        .import_file_tenants(&control::file_tenants(&spec, &base))
+        .await
+        .context("cannot import the file's tenants into the store")?;
+    drop(spec);
+    control::bootstrap_admin(&store).await?;
+    config.snapshot = tenantry_control::load_snapshot(&store, &base)
+        .await
+        .context("cannot load tenants from the store")?;
+    let tokens = control::token_issuer(&config.server.auth, &args.store.data_dir)?;
+
     let (listeners, handover) = if args.upgrade {
         let socket = upgrade_socket(&args, &config.server, None)?;
         let (l, h) = upgrade::take_over(&socket).context("upgrade")?;
@@ -182,6 +224,11 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
     let build_started = std::time::Instant::now();
     let server_settings = config.server.clone();
     let gw = Gateway::new(config, Some(path.clone())).context("cannot build the routing table")?;
+    gw.set_config_source(Arc::new(control::StoreSource {
+        store: store.clone(),
+        path: path.clone(),
+    }));
+    control::mount_api(&gw, store.clone(), tokens, base);
     let build_ms = build_started.elapsed().as_secs_f64() * 1e3;
     let table = gw.table();
     tracing::info!(
@@ -221,6 +268,7 @@ async fn serve(args: ServeArgs, path: PathBuf, config: GatewayConfig, demo: bool
 
     serving.await.context("server task failed")??;
     gw.flush_logs();
+    store.close().await;
     drop(demo_backends);
     tracing::info!("stopped");
     Ok(())

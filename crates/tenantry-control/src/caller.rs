@@ -1,0 +1,295 @@
+//! Who is calling: the one middleware that authenticates every request (JWT or API key) and
+//! checks tenant and role against the route's policy before any handler runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::request::Parts;
+use http::{Method, header};
+use tenantry_domain::{Access, Action, Principal, Role, TenantId, authorize};
+use tenantry_store::{Actor, TenantStatus};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// What an endpoint requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Anyone (login, sign-up, the OpenAPI document).
+    Public,
+    /// Any authenticated caller (e.g. `GET /api/me`, reading plans).
+    Authenticated,
+    /// An action on the tenant named by the `{tenant_id}` path segment.
+    Tenant(Action),
+    /// Platform administrators only.
+    Platform,
+}
+
+/// The policy of every endpoint, by method and route pattern. An endpoint missing here is
+/// platform-only (deny by default); a test checks the table covers the router.
+pub fn policy(method: &Method, path: &str) -> Policy {
+    use Action::*;
+    let m = method.as_str();
+    match (m, path) {
+        ("POST", "/api/auth/login" | "/api/signup") | ("GET", "/api/openapi.json") => {
+            Policy::Public
+        }
+        ("GET", "/api/me" | "/api/plans" | "/api/plans/{plan}" | "/api/tenants")
+        | ("POST", "/api/me/password") => Policy::Authenticated,
+        ("GET", "/api/tenants/{tenant_id}")
+        | ("GET", "/api/tenants/{tenant_id}/users")
+        | ("GET", "/api/tenants/{tenant_id}/users/{user_id}")
+        | ("GET", "/api/tenants/{tenant_id}/routes")
+        | ("GET", "/api/tenants/{tenant_id}/routes/{route_id}")
+        | ("GET", "/api/tenants/{tenant_id}/api-keys")
+        | ("GET", "/api/tenants/{tenant_id}/subscription")
+        | ("GET", "/api/tenants/{tenant_id}/audit") => Policy::Tenant(Read),
+        ("POST", "/api/tenants/{tenant_id}/routes")
+        | ("PUT" | "DELETE", "/api/tenants/{tenant_id}/routes/{route_id}")
+        | (
+            "POST",
+            "/api/tenants/{tenant_id}/routes/{route_id}/backends/{address}/drain"
+            | "/api/tenants/{tenant_id}/routes/{route_id}/backends/{address}/activate",
+        ) => Policy::Tenant(WriteRoutes),
+        ("POST", "/api/tenants/{tenant_id}/users")
+        | ("PATCH" | "DELETE", "/api/tenants/{tenant_id}/users/{user_id}")
+        | ("POST", "/api/tenants/{tenant_id}/api-keys")
+        | ("DELETE", "/api/tenants/{tenant_id}/api-keys/{key_id}") => Policy::Tenant(ManageAccess),
+        ("PATCH", "/api/tenants/{tenant_id}")
+        | ("PUT", "/api/tenants/{tenant_id}/subscription")
+        | ("GET", "/api/tenants/{tenant_id}/export") => Policy::Tenant(ManageTenant),
+        _ => Policy::Platform,
+    }
+}
+
+/// The authenticated caller, available to handlers as an extractor.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Role and tenant.
+    pub principal: Principal,
+    /// The user id (JWT) or API key id.
+    pub actor_id: String,
+    /// Whether the credential is an API key.
+    pub api_key: bool,
+    /// Client address.
+    pub ip: String,
+}
+
+impl Caller {
+    /// The audit actor for writes.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            id: self.actor_id.clone(),
+            ip: Some(self.ip.clone()),
+        }
+    }
+
+    /// Whether the caller is a platform admin.
+    pub fn is_platform(&self) -> bool {
+        self.principal.role == Role::PlatformAdmin
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("authentication required"))
+    }
+}
+
+/// The client's address, put into each request's extensions by [`crate::handle`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .ok_or_else(|| ApiError::internal(&"client address missing"))
+    }
+}
+
+/// The client's address as a string (for audit and throttling).
+pub fn client_ip(parts: &http::Extensions) -> String {
+    parts
+        .get::<ClientAddr>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The middleware: authenticate, then enforce [`policy`] for the matched route.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let policy = policy(req.method(), &path);
+    if policy == Policy::Public {
+        return Ok(next.run(req).await);
+    }
+    let ip = client_ip(req.extensions());
+    let caller = resolve(&state, req.headers(), ip).await?;
+    match policy {
+        Policy::Public | Policy::Authenticated => {}
+        Policy::Platform => {
+            if !caller.is_platform() {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this action needs the platform_admin role",
+                ));
+            }
+        }
+        Policy::Tenant(action) => {
+            let (mut parts, body) = req.into_parts();
+            let tenant = tenant_param(&mut parts, &state).await?;
+            check(&caller, action, &tenant)?;
+            if action != Action::Read && !caller.is_platform() {
+                // A suspended tenant's members may read (and export) but not change anything.
+                let scope = state.store.tenant(&tenant);
+                if let Some(t) = scope.get().await?
+                    && t.status == TenantStatus::Suspended
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::TenantSuspended,
+                        format!("tenant {tenant} is suspended"),
+                    ));
+                }
+            }
+            req = Request::from_parts(parts, body);
+        }
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Turns the access decision into an error. A tenant that is not the caller's answers 404,
+/// exactly like one that does not exist, so tenant ids cannot be probed.
+pub fn check(caller: &Caller, action: Action, tenant: &TenantId) -> Result<(), ApiError> {
+    match authorize(&caller.principal, action, Some(tenant)) {
+        Access::Allowed => Ok(()),
+        Access::ForeignTenant => Err(ApiError::not_found("tenant", tenant.as_str())),
+        Access::RoleTooLow { needed } => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this action needs the {} role or higher", needed.as_str()),
+        )),
+    }
+}
+
+async fn tenant_param(parts: &mut Parts, state: &Arc<AppState>) -> Result<TenantId, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "invalid path"))?;
+    let raw = params
+        .iter()
+        .find(|(k, _)| *k == "tenant_id")
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default();
+    // An invalid slug cannot name any tenant: 404, like a foreign one.
+    TenantId::parse(&raw).map_err(|_| ApiError::not_found("tenant", &raw))
+}
+
+async fn resolve(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    ip: String,
+) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <token>",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    if tenantry_auth::looks_like_api_key(token) {
+        let hash = tenantry_auth::hash_api_key(token);
+        let key = state
+            .store
+            .platform()
+            .find_api_key(&hash)
+            .await?
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
+        return Ok(Caller {
+            principal: Principal {
+                role: key.role,
+                tenant: Some(key.tenant),
+            },
+            actor_id: key.id,
+            api_key: true,
+            ip,
+        });
+    }
+    let claims = state
+        .tokens
+        .verify(token, crate::now_secs())
+        .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+    // The token must still match the user: removed users, role changes and password changes
+    // (each bumps the token version) invalidate every token issued before.
+    let user = state
+        .store
+        .platform()
+        .get_user(&claims.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid token: user no longer exists"))?;
+    if user.token_version != claims.ver
+        || user.role.as_str() != claims.role
+        || user.tenant.as_ref().map(TenantId::as_str) != claims.tenant_id.as_deref()
+    {
+        return Err(ApiError::unauthorized(
+            "invalid token: revoked (role, password or membership changed); log in again",
+        ));
+    }
+    Ok(Caller {
+        principal: Principal {
+            role: user.role,
+            tenant: user.tenant,
+        },
+        actor_id: user.id,
+        api_key: false,
+        ip,
+    })
+}
+
+/// JSON body extractor whose rejections use the API's error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(v)| Body(v))
+            .map_err(ApiError::from)
+    }
+}

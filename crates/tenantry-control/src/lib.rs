@@ -1,0 +1,180 @@
+//! Tenantry's control plane: the admin API under `/api` (axum), with one authentication and
+//! RBAC middleware, the OpenAPI document, and the bridge that pushes every tenant change to
+//! the data plane.
+
+mod accounts;
+mod caller;
+mod error;
+mod keys;
+mod openapi;
+mod plans;
+mod routes;
+mod tenants;
+mod users;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use tenantry_auth::{Throttle, TokenIssuer};
+use tenantry_domain::{Change, TenantId};
+use tenantry_store::{Store, StoreError, TenantState, TenantStatus};
+
+pub use caller::{Caller, Policy, policy};
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use openapi::openapi_json;
+
+/// Largest request body the API accepts (larger gets 413).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Where tenant changes go: the data plane of this node (and, in cluster mode, the others).
+pub trait DataPlane: Send + Sync {
+    /// Applies changes atomically; an error means the proxy keeps its previous state.
+    fn apply(&self, changes: Vec<Change>) -> Result<(), String>;
+}
+
+/// Shared state of the API.
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Token issuer/verifier.
+    pub tokens: TokenIssuer,
+    /// Login and sign-up throttling.
+    pub throttle: Throttle,
+    /// The data plane to notify.
+    pub dataplane: Arc<dyn DataPlane>,
+    /// Base directory for relative certificate paths in routes created through the API.
+    pub base_dir: PathBuf,
+}
+
+impl AppState {
+    /// Reloads one tenant from the store and pushes it to the data plane (or removes it).
+    pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), ApiError> {
+        let change = match self.store.platform().load_tenant(id).await? {
+            Some(state) => Change::PutTenant(Arc::new(to_domain(&state, &self.base_dir)?)),
+            None => Change::RemoveTenant(id.clone()),
+        };
+        self.dataplane
+            .apply(vec![change])
+            .map_err(|e| ApiError::internal(&format!("data plane refused the change: {e}")))
+    }
+}
+
+/// Converts a stored tenant into the data plane's domain tenant.
+pub fn to_domain(
+    state: &TenantState,
+    base: &std::path::Path,
+) -> Result<tenantry_domain::Tenant, ApiError> {
+    tenantry_config::tenant_from_store(
+        state.tenant.id.clone(),
+        &state.plan,
+        Some(Arc::new(state.limits.clone())),
+        state.tenant.status == TenantStatus::Suspended,
+        &state.routes,
+        base,
+    )
+    .map_err(|e| {
+        ApiError::internal(&format!(
+            "stored routes of {} are invalid: {e:?}",
+            state.tenant.id
+        ))
+    })
+}
+
+/// Builds the whole data-plane snapshot from the store (start-up and reloads).
+pub async fn load_snapshot(
+    store: &Store,
+    base: &std::path::Path,
+) -> Result<tenantry_domain::Snapshot, StoreError> {
+    let all = store.platform().load_all().await?;
+    let mut tenants = Vec::with_capacity(all.len());
+    for state in &all {
+        match to_domain(state, base) {
+            Ok(t) => tenants.push(t),
+            Err(_) => {
+                tracing::error!(tenant = %state.tenant.id, "tenant skipped: its stored routes are invalid")
+            }
+        }
+    }
+    Ok(tenantry_domain::Snapshot::from_tenants(tenants))
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch (the throttle's clock).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The API router (paths under `/api`), with its layer stack.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(accounts::router())
+        .merge(tenants::router())
+        .merge(users::router())
+        .merge(routes::router())
+        .merge(keys::router())
+        .merge(plans::router())
+        .merge(openapi::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            caller::authenticate,
+        ))
+        .fallback(|| async {
+            ApiError::new(ErrorCode::NotFound, "no such API endpoint").into_response()
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response()
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::internal(&"handler panicked").into_response()
+            },
+        ))
+        .layer(
+            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                http::header::AUTHORIZATION,
+            ]),
+        )
+        .with_state(state)
+}
+
+/// Serves one request through `router`: the glue between the admin listener (which knows
+/// hyper) and axum. Responses are buffered (API bodies are small JSON documents).
+pub async fn handle(
+    router: Router,
+    req: http::Request<axum::body::Body>,
+    peer: SocketAddr,
+) -> http::Response<Bytes> {
+    use tower::ServiceExt as _;
+    let mut req = req;
+    req.extensions_mut().insert(caller::ClientAddr(peer));
+    let resp = match tokio::time::timeout(Duration::from_secs(30), router.oneshot(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => ApiError::internal(&"admin API request timed out").into_response(),
+    };
+    let (parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin API response body failed");
+            Bytes::new()
+        }
+    };
+    http::Response::from_parts(parts, bytes)
+}

@@ -1,0 +1,212 @@
+//! Wiring of the control plane into `serve`: open the store, import the file's tenants,
+//! bootstrap the platform admin, mount the admin API and feed the data plane from the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tenantry_auth::{JwtAlgorithm, Throttle, TokenIssuer};
+use tenantry_config::{AuthSettings, GatewaySpec, TenantSpec};
+use tenantry_dataplane::{BoxFuture, ConfigSource, Gateway, ReloadError};
+use tenantry_domain::{Change, Role, Snapshot};
+use tenantry_store::{Actor, NewUser, Store};
+
+use crate::cli::StoreArgs;
+
+/// Opens (and migrates) the store named by the arguments.
+pub async fn open_store(args: &StoreArgs) -> Result<Store> {
+    match &args.store {
+        Some(url) => Store::open(url)
+            .await
+            .with_context(|| format!("cannot open the store {}", redact(url))),
+        None => Store::open_in_dir(&args.data_dir)
+            .await
+            .with_context(|| format!("cannot open the store in {}", args.data_dir.display())),
+    }
+}
+
+/// `tenantry migrate`.
+pub async fn migrate(args: &StoreArgs) -> Result<()> {
+    let store = open_store(args).await?;
+    store.close().await;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The file's tenants with certificate paths made absolute (the store outlives the file's
+/// folder as a base).
+pub fn file_tenants(spec: &GatewaySpec, base: &Path) -> Vec<TenantSpec> {
+    let mut tenants = spec.tenants.clone();
+    for t in &mut tenants {
+        for r in &mut t.routes {
+            if let Some(tls) = &mut r.tls {
+                tls.cert = absolute(base, &tls.cert);
+                tls.key = absolute(base, &tls.key);
+            }
+        }
+    }
+    tenants
+}
+
+fn absolute(base: &Path, p: &str) -> String {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(path).to_string_lossy().into_owned()
+    }
+}
+
+/// Creates the platform admin when the store has no user at all.
+pub async fn bootstrap_admin(store: &Store) -> Result<()> {
+    let platform = store.platform();
+    if platform.count_users().await? > 0 {
+        return Ok(());
+    }
+    let email = std::env::var("TENANTRY_ADMIN_EMAIL")
+        .unwrap_or_else(|_| "admin@tenantry.localhost".to_owned())
+        .trim()
+        .to_lowercase();
+    let (password, generated) = match std::env::var("TENANTRY_ADMIN_PASSWORD") {
+        Ok(p) => (p, false),
+        Err(_) => (tenantry_auth::random_password()?, true),
+    };
+    if let Err(e) = tenantry_auth::check_password_policy(&password, &email) {
+        bail!("TENANTRY_ADMIN_PASSWORD: {e}");
+    }
+    let user = NewUser {
+        id: tenantry_auth::random_id("u")?,
+        email: email.clone(),
+        password_hash: tenantry_auth::hash_password(&password)?,
+        role: Role::PlatformAdmin,
+    };
+    let actor = Actor {
+        id: "system".to_owned(),
+        ip: None,
+    };
+    platform.create_platform_admin(&actor, user).await?;
+    if generated {
+        // Printed once, on the terminal of whoever started the first instance.
+        eprintln!(
+            "tenantry: created the platform admin {email} with password {password}\n\
+             tenantry: it is shown only this once; change it with POST /api/me/password"
+        );
+    }
+    tracing::info!(%email, generated, "platform admin created");
+    Ok(())
+}
+
+/// The token issuer from the `auth:` settings.
+pub fn token_issuer(auth: &AuthSettings, data_dir: &Path) -> Result<TokenIssuer> {
+    match &auth.jwt {
+        Some(keys) => {
+            let alg: JwtAlgorithm = keys
+                .algorithm
+                .parse()
+                .with_context(|| format!("auth.jwt.algorithm {:?}", keys.algorithm))?;
+            Ok(TokenIssuer::from_pem_files(
+                alg,
+                &keys.private_key,
+                &keys.public_key,
+                &auth.issuer,
+                auth.token_ttl,
+            )?)
+        }
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            Ok(TokenIssuer::hs256_in_dir(
+                data_dir,
+                &auth.issuer,
+                auth.token_ttl,
+            )?)
+        }
+    }
+}
+
+/// Reloads: re-read the file, import its tenants into the store, serve the store.
+pub struct StoreSource {
+    /// The store.
+    pub store: Store,
+    /// The configuration file.
+    pub path: PathBuf,
+}
+
+impl ConfigSource for StoreSource {
+    fn load(&self) -> BoxFuture<Result<Snapshot, ReloadError>> {
+        let store = self.store.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let base = base_dir(&path);
+            let text = tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|e| ReloadError::Build(format!("cannot read {}: {e}", path.display())))?;
+            let spec = tenantry_config::parse_yaml(&text).map_err(ReloadError::Invalid)?;
+            tenantry_config::validate(&spec, &base).map_err(ReloadError::Invalid)?;
+            store
+                .platform()
+                .import_file_tenants(&file_tenants(&spec, &base))
+                .await
+                .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
+            tenantry_control::load_snapshot(&store, &base)
+                .await
+                .map_err(|e| ReloadError::Build(format!("store: {e}")))
+        })
+    }
+}
+
+/// The folder relative paths in a file are resolved against.
+pub fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The data plane of this process, as the control plane sees it.
+struct LocalDataPlane(Arc<Gateway>);
+
+impl tenantry_control::DataPlane for LocalDataPlane {
+    fn apply(&self, changes: Vec<Change>) -> Result<(), String> {
+        self.0
+            .apply_changes(&changes)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Mounts the admin API on the gateway's admin listener.
+pub fn mount_api(gw: &Arc<Gateway>, store: Store, tokens: TokenIssuer, base: PathBuf) {
+    let state = Arc::new(tenantry_control::AppState {
+        store,
+        tokens,
+        throttle: Throttle::default(),
+        dataplane: Arc::new(LocalDataPlane(Arc::clone(gw))),
+        base_dir: base,
+    });
+    let router = tenantry_control::router(state);
+    gw.set_api(Arc::new(move |req, peer| {
+        let router = router.clone();
+        Box::pin(async move {
+            tenantry_control::handle(router, req.map(axum::body::Body::new), peer).await
+        })
+    }));
+}
+
+/// How long the store may take to answer at start-up before `serve` gives up.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
