@@ -28,25 +28,28 @@ pub enum Policy {
     Platform,
 }
 
-/// The policy of every endpoint, by method and route pattern. An endpoint missing here is
-/// platform-only (deny by default); a test checks the table covers the router.
-pub fn policy(method: &Method, path: &str) -> Policy {
+/// The policy of every endpoint, by method and route pattern. `None`: the endpoint is not in
+/// the table, and the middleware treats it as platform-only (deny by default); a test checks
+/// that every documented endpoint has an entry.
+pub fn policy(method: &Method, path: &str) -> Option<Policy> {
     use Action::*;
-    let m = method.as_str();
-    match (m, path) {
+    let p = match (method.as_str(), path) {
         ("POST", "/api/auth/login" | "/api/signup") | ("GET", "/api/openapi.json") => {
             Policy::Public
         }
         ("GET", "/api/me" | "/api/plans" | "/api/plans/{plan}" | "/api/tenants")
         | ("POST", "/api/me/password") => Policy::Authenticated,
-        ("GET", "/api/tenants/{tenant_id}")
-        | ("GET", "/api/tenants/{tenant_id}/users")
-        | ("GET", "/api/tenants/{tenant_id}/users/{user_id}")
-        | ("GET", "/api/tenants/{tenant_id}/routes")
-        | ("GET", "/api/tenants/{tenant_id}/routes/{route_id}")
-        | ("GET", "/api/tenants/{tenant_id}/api-keys")
-        | ("GET", "/api/tenants/{tenant_id}/subscription")
-        | ("GET", "/api/tenants/{tenant_id}/audit") => Policy::Tenant(Read),
+        (
+            "GET",
+            "/api/tenants/{tenant_id}"
+            | "/api/tenants/{tenant_id}/users"
+            | "/api/tenants/{tenant_id}/users/{user_id}"
+            | "/api/tenants/{tenant_id}/routes"
+            | "/api/tenants/{tenant_id}/routes/{route_id}"
+            | "/api/tenants/{tenant_id}/api-keys"
+            | "/api/tenants/{tenant_id}/subscription"
+            | "/api/tenants/{tenant_id}/audit",
+        ) => Policy::Tenant(Read),
         ("POST", "/api/tenants/{tenant_id}/routes")
         | ("PUT" | "DELETE", "/api/tenants/{tenant_id}/routes/{route_id}")
         | (
@@ -54,15 +57,20 @@ pub fn policy(method: &Method, path: &str) -> Policy {
             "/api/tenants/{tenant_id}/routes/{route_id}/backends/{address}/drain"
             | "/api/tenants/{tenant_id}/routes/{route_id}/backends/{address}/activate",
         ) => Policy::Tenant(WriteRoutes),
-        ("POST", "/api/tenants/{tenant_id}/users")
+        ("POST", "/api/tenants/{tenant_id}/users" | "/api/tenants/{tenant_id}/api-keys")
         | ("PATCH" | "DELETE", "/api/tenants/{tenant_id}/users/{user_id}")
-        | ("POST", "/api/tenants/{tenant_id}/api-keys")
         | ("DELETE", "/api/tenants/{tenant_id}/api-keys/{key_id}") => Policy::Tenant(ManageAccess),
         ("PATCH", "/api/tenants/{tenant_id}")
         | ("PUT", "/api/tenants/{tenant_id}/subscription")
         | ("GET", "/api/tenants/{tenant_id}/export") => Policy::Tenant(ManageTenant),
-        _ => Policy::Platform,
-    }
+        ("POST", "/api/tenants" | "/api/plans")
+        | ("PUT", "/api/plans/{plan}" | "/api/tenants/{tenant_id}/limits")
+        | ("POST", "/api/tenants/{tenant_id}/suspend" | "/api/tenants/{tenant_id}/reactivate")
+        | ("DELETE", "/api/tenants/{tenant_id}")
+        | ("GET", "/api/audit") => Policy::Platform,
+        _ => return None,
+    };
+    Some(p)
 }
 
 /// The authenticated caller, available to handlers as an extractor.
@@ -140,7 +148,7 @@ pub async fn authenticate(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let policy = policy(req.method(), &path);
+    let policy = policy(req.method(), &path).unwrap_or(Policy::Platform);
     if policy == Policy::Public {
         return Ok(next.run(req).await);
     }
@@ -160,7 +168,7 @@ pub async fn authenticate(
             let (mut parts, body) = req.into_parts();
             let tenant = tenant_param(&mut parts, &state).await?;
             check(&caller, action, &tenant)?;
-            if action != Action::Read && !caller.is_platform() {
+            if parts.method != Method::GET && !caller.is_platform() {
                 // A suspended tenant's members may read (and export) but not change anything.
                 let scope = state.store.tenant(&tenant);
                 if let Some(t) = scope.get().await?
@@ -291,5 +299,44 @@ where
             .await
             .map(|axum::Json(v)| Body(v))
             .map_err(ApiError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every documented operation has an explicit policy: nothing is platform-only by
+    /// accident, and nothing new ships without a decision.
+    #[test]
+    fn every_documented_endpoint_has_a_policy() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&crate::openapi_json()).expect("valid OpenAPI JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut n = 0;
+        for (path, item) in paths {
+            for method in item.as_object().expect("operations").keys() {
+                let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+                assert!(
+                    policy(&m, path).is_some(),
+                    "{method} {path} has no entry in caller::policy"
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 36, "only {n} operations documented");
+    }
+
+    #[test]
+    fn unknown_endpoints_are_not_public() {
+        assert_eq!(policy(&Method::GET, "/api/secret"), None);
+        assert_eq!(
+            policy(&Method::DELETE, "/api/tenants/{tenant_id}"),
+            Some(Policy::Platform)
+        );
+        assert_eq!(
+            policy(&Method::GET, "/api/tenants/{tenant_id}/routes"),
+            Some(Policy::Tenant(Action::Read))
+        );
     }
 }

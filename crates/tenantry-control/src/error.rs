@@ -109,7 +109,7 @@ pub struct ErrorBody {
 /// An error answered by the API.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    body: ErrorBody,
+    body: Box<ErrorBody>,
     retry_after: Option<u64>,
 }
 
@@ -117,7 +117,7 @@ impl ApiError {
     /// An error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 error: code,
                 message: message.into(),
                 limit: None,
@@ -125,7 +125,7 @@ impl ApiError {
                 usage: None,
                 plan: None,
                 errors: Vec::new(),
-            },
+            }),
             retry_after: None,
         }
     }
@@ -274,7 +274,7 @@ impl From<JsonRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.body.error.status();
-        let mut r = (status, Json(self.body)).into_response();
+        let mut r = (status, Json(*self.body)).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
