@@ -289,16 +289,75 @@ pub struct Body<T>(pub T);
 
 impl<S, T> FromRequest<S> for Body<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
-            .await
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+            } else {
+                ApiError::new(ErrorCode::BadRequest, e.body_text())
+            }
+        })?;
+        // JSON can only carry NUL as an escape; no field of ours accepts it (PostgreSQL
+        // cannot even store it), so refuse it up front with a clear answer.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(ApiError::new(
+                ErrorCode::ValidationFailed,
+                "strings must not contain NUL characters",
+            ));
+        }
+        axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| Body(v))
             .map_err(ApiError::from)
+    }
+}
+
+/// Refuses NUL (`%00`) anywhere in the path or query: no id or parameter can contain it.
+pub async fn reject_nul(req: Request, next: Next) -> Result<Response, ApiError> {
+    let uri = req.uri();
+    let has_nul = |s: &str| s.contains("%00");
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "NUL characters are not allowed in the URL",
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+/// Query-string extractor whose rejections use the API's error shape (axum's own `Query`
+/// answers a plain-text 400).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Params<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| Params(v))
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
     }
 }
 

@@ -46,6 +46,7 @@ impl Modify for BearerAuth {
         routes::drain, routes::activate,
         keys::list, keys::create, keys::revoke,
         plans::list, plans::read, plans::create, plans::update,
+        document,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorCode, crate::error::FieldError,
@@ -62,13 +63,16 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\":\"internal\",\"message\":\"{e}\"}}"))
 }
 
+/// The document is built once, at first use.
+static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi_json);
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3 document", body = serde_json::Value)))]
+pub(crate) async fn document() -> axum::response::Response {
+    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str()).into_response()
+}
+
 pub(crate) fn router() -> Router<Arc<AppState>> {
-    let doc = openapi_json();
-    Router::new().route(
-        "/api/openapi.json",
-        get(move || {
-            let doc = doc.clone();
-            async move { ([(header::CONTENT_TYPE, "application/json")], doc).into_response() }
-        }),
-    )
+    Router::new().route("/api/openapi.json", get(document))
 }

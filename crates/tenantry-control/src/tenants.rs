@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http::StatusCode;
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::accounts::{check_password, hash, normalize_email};
-use crate::caller::{Body, Caller};
+use crate::caller::{Body, Caller, Params};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::plans::{LimitsBody, OverridesBody};
 
@@ -448,7 +448,7 @@ fn page(q: &AuditQuery) -> Result<u32, ApiError> {
 pub(crate) async fn tenant_audit(
     State(state): State<Arc<AppState>>,
     Path(tenant_id): Path<String>,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditResponse>>> {
     let id = tenant_path(&tenant_id)?;
     let entries = state.store.tenant(&id).audit(page(&q)?, q.before).await?;
@@ -461,7 +461,7 @@ pub(crate) async fn tenant_audit(
     responses((status = 200, body = [AuditResponse]), (status = 403, body = ErrorBody)))]
 pub(crate) async fn platform_audit(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditResponse>>> {
     let entries = state.store.platform().audit(page(&q)?, q.before).await?;
     Ok(Json(entries.into_iter().map(Into::into).collect()))

@@ -52,7 +52,20 @@ pub enum StoreError {
     Invalid(String),
     /// The database failed (connection, IO, an unexpected constraint).
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            // PostgreSQL refuses NUL in text (22021) and malformed text encodings (22P05):
+            // the value is the caller's fault, not the database's. SQLite stores them.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
+                StoreError::Invalid("text values must not contain NUL characters".into())
+            }
+            _ => StoreError::Database(e),
+        }
+    }
 }
 
 impl StoreError {
