@@ -2,8 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod badreq;
 mod config_check;
+mod file_store;
 mod health;
 mod lb;
 mod observability;
