@@ -65,12 +65,26 @@ store_test!(
         assert_eq!(db.store.tenant(&api).subscription().await.unwrap().plan, "pro");
         assert_eq!(db.store.tenant(&api).list_users().await.unwrap().len(), 1);
 
-        // acme leaves the file: it is kept, managed by the API again.
+        // acme leaves the file: it stops serving (routes and hosts released) but the tenant
+        // is kept, managed by the API again.
         let changed = p.import_file_tenants(&file[1..]).await.unwrap();
-        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(changed, vec![tid("acme")]);
         let acme = p.get_tenant(&tid("acme")).await.unwrap().unwrap();
         assert_eq!(acme.managed_by, "api");
-        assert_eq!(db.store.tenant(&tid("acme")).list_routes().await.unwrap().len(), 1);
+        assert!(db.store.tenant(&tid("acme")).list_routes().await.unwrap().is_empty());
+        // Importing the same file again changes nothing.
+        assert!(p.import_file_tenants(&file[1..]).await.unwrap().is_empty());
+        // Its host is free for another tenant now.
+        let other = tid("other");
+        p.create_tenant(&admin(), NewTenant { id: other.clone(), name: "Other".into(), plan: "free".into() }, None)
+            .await
+            .unwrap();
+        db.store
+            .tenant(&other)
+            .create_route(&admin(), &route("web", "acme.example.com", &["10.0.0.1:80"]))
+            .await
+            .map(drop)
+            .unwrap_or_else(|e| panic!("host not released: {e}"));
     }
 );
 
