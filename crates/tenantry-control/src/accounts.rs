@@ -229,29 +229,11 @@ pub(crate) async fn signup(
         )
         .await?;
     state.sync_tenant(&id).await?;
+    // A new user starts at token version 0.
     let (token, expires_in) = state
         .tokens
         .issue(&user_id, Some(id.as_str()), Role::Owner, 0, now_secs())
         .map_err(|e| ApiError::internal(&e))?;
-    // The store starts token versions at 0; verify that assumption rather than hand out a
-    // token that the middleware would reject.
-    let user = state.store.platform().get_user(&user_id).await?;
-    let token = match user {
-        Some(u) if u.token_version != 0 => {
-            state
-                .tokens
-                .issue(
-                    &user_id,
-                    Some(id.as_str()),
-                    Role::Owner,
-                    u.token_version,
-                    now_secs(),
-                )
-                .map_err(|e| ApiError::internal(&e))?
-                .0
-        }
-        _ => token,
-    };
     Ok((
         StatusCode::CREATED,
         Json(SignupResponse {

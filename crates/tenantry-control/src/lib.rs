@@ -57,7 +57,16 @@ impl AppState {
     /// Reloads one tenant from the store and pushes it to the data plane (or removes it).
     pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), ApiError> {
         let change = match self.store.platform().load_tenant(id).await? {
-            Some(state) => Change::PutTenant(Arc::new(to_domain(&state, &self.base_dir)?)),
+            Some(state) => {
+                let tenant = to_domain(&state, &self.base_dir).map_err(|e| {
+                    ApiError::internal(&format!(
+                        "stored routes of {} are invalid: {}",
+                        state.tenant.id,
+                        describe(&e)
+                    ))
+                })?;
+                Change::PutTenant(Arc::new(tenant))
+            }
             None => Change::RemoveTenant(id.clone()),
         };
         self.dataplane
@@ -70,7 +79,7 @@ impl AppState {
 pub fn to_domain(
     state: &TenantState,
     base: &std::path::Path,
-) -> Result<tenantry_domain::Tenant, ApiError> {
+) -> Result<tenantry_domain::Tenant, tenantry_config::ConfigErrors> {
     tenantry_config::tenant_from_store(
         state.tenant.id.clone(),
         &state.plan,
@@ -79,15 +88,17 @@ pub fn to_domain(
         &state.routes,
         base,
     )
-    .map_err(|e| {
-        ApiError::internal(&format!(
-            "stored routes of {} are invalid: {e:?}",
-            state.tenant.id
-        ))
-    })
 }
 
-/// Builds the whole data-plane snapshot from the store (start-up and reloads).
+fn describe(errs: &tenantry_config::ConfigErrors) -> String {
+    errs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Builds the whole data-plane snapshot from the store (start-up and reloads). A tenant whose
+/// stored routes no longer validate (e.g. a certificate file vanished) is skipped and logged.
 pub async fn load_snapshot(
     store: &Store,
     base: &std::path::Path,
@@ -97,9 +108,11 @@ pub async fn load_snapshot(
     for state in &all {
         match to_domain(state, base) {
             Ok(t) => tenants.push(t),
-            Err(_) => {
-                tracing::error!(tenant = %state.tenant.id, "tenant skipped: its stored routes are invalid")
-            }
+            Err(e) => tracing::error!(
+                tenant = %state.tenant.id,
+                errors = %describe(&e),
+                "tenant skipped: its stored routes are invalid"
+            ),
         }
     }
     Ok(tenantry_domain::Snapshot::from_tenants(tenants))

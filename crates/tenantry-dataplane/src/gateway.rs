@@ -261,37 +261,17 @@ impl Gateway {
     /// Moves the gateway to a new snapshot: diff, build the changed tenants, swap atomically,
     /// then start or stop health checks. In-flight requests keep the table they started with.
     pub fn apply_snapshot(&self, target: Snapshot) -> Result<ReloadReport, ReloadError> {
-        let build_start = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let changes: Vec<Change> = state.snapshot.diff(&target);
-        let current = self.table.load_full();
-        let next = current
-            .apply(&changes, &self.metrics, &mut state.certs)
-            .map_err(|e| ReloadError::Build(e.to_string()))?;
-        let build = build_start.elapsed();
-        let (tenants, routes) = (next.tenant_count(), next.route_count());
-        let swap_start = Instant::now();
-        self.table.store(Arc::new(next));
-        let swap = swap_start.elapsed();
-        state.snapshot = target;
-        drop(state);
-        // The old table is freed here, outside the timed swap.
-        drop(current);
-        self.reconcile_health();
-        Ok(ReloadReport {
-            changed_tenants: changes.len(),
-            tenants,
-            routes,
-            build_ms: ms(build),
-            swap_ms: ms(swap),
-        })
+        let started = Instant::now();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let changes = state.snapshot.diff(&target);
+        self.swap_in(state, &changes, started, |s| *s = target)
     }
 
     /// Applies changes to single tenants (the admin API's path: one tenant changed, rebuild
     /// that tenant only). Changes that leave a tenant as it is are skipped.
     pub fn apply_changes(&self, changes: &[Change]) -> Result<ReloadReport, ReloadError> {
-        let build_start = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let effective: Vec<Change> = changes
             .iter()
             .filter(|c| match c {
@@ -300,23 +280,38 @@ impl Gateway {
             })
             .cloned()
             .collect();
+        self.swap_in(state, &effective, started, |s| {
+            for c in &effective {
+                s.apply(c);
+            }
+        })
+    }
+
+    /// Builds the table for `changes`, swaps it in, records the new snapshot with `update`,
+    /// and reconciles health checks.
+    fn swap_in(
+        &self,
+        mut state: std::sync::MutexGuard<'_, ReconfigState>,
+        changes: &[Change],
+        started: Instant,
+        update: impl FnOnce(&mut Snapshot),
+    ) -> Result<ReloadReport, ReloadError> {
         let current = self.table.load_full();
         let next = current
-            .apply(&effective, &self.metrics, &mut state.certs)
+            .apply(changes, &self.metrics, &mut state.certs)
             .map_err(|e| ReloadError::Build(e.to_string()))?;
-        let build = build_start.elapsed();
+        let build = started.elapsed();
         let (tenants, routes) = (next.tenant_count(), next.route_count());
         let swap_start = Instant::now();
         self.table.store(Arc::new(next));
         let swap = swap_start.elapsed();
-        for c in &effective {
-            state.snapshot.apply(c);
-        }
+        update(&mut state.snapshot);
         drop(state);
+        // The old table is freed here, outside the timed swap.
         drop(current);
         self.reconcile_health();
         Ok(ReloadReport {
-            changed_tenants: effective.len(),
+            changed_tenants: changes.len(),
             tenants,
             routes,
             build_ms: ms(build),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::api::tokens::{b64url_decode as base64url, now};
 use crate::api::{PASSWORD, Server, assert_err, assert_status, route};
 use crate::{TempDir, Tenantry, bin, config, echo_backends, tenant};
 
@@ -188,28 +189,4 @@ async fn rs256_keys_from_config_sign_tokens_and_refuse_key_confusion() {
     assert_err(&r, 401, "unauthorized");
     let r = s.api().token(&forged).get("/api/tenants").await;
     assert_err(&r, 401, "unauthorized");
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn base64url(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = A.iter().position(|&x| x == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }

@@ -53,7 +53,7 @@ mod limits;
 mod login;
 mod matrix;
 mod openapi;
-mod tokens;
+pub(crate) mod tokens;
 
 /// Password of every user the tests create (long enough for the policy).
 pub const PASSWORD: &str = "tenant-password-1234";

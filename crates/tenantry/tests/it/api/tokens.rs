@@ -11,7 +11,8 @@ use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn now() -> u64 {
+/// Unix seconds.
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -19,7 +20,7 @@ fn now() -> u64 {
 }
 
 /// Unpadded base64url, as JWTs use.
-fn b64url(data: &[u8]) -> String {
+pub(crate) fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
@@ -34,7 +35,8 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-fn b64url_decode(s: &str) -> Vec<u8> {
+/// Decodes unpadded base64url.
+pub(crate) fn b64url_decode(s: &str) -> Vec<u8> {
     let val = |c: u8| match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,
