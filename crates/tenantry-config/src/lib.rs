@@ -10,12 +10,14 @@ mod validate;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use spec::{
-    AdminSpec, AuthSpec, BackendSpec, GatewaySpec, HealthCheckSpec, JwtSpec, LimitsSpec,
-    MetricsSpec, RouteSpec, RuntimeSpec, ShutdownSpec, TenantSpec, TlsSpec, UpstreamSpec,
+    AdminSpec, AuthSpec, BackendSpec, ClusterSpec, GatewaySpec, HealthCheckSpec, JwtSpec,
+    LimitsSpec, MetricsSpec, PolicySpec, RateLimitSpec, RouteSpec, RuntimeSpec, ShutdownSpec,
+    TenantSpec, TlsSpec, UpstreamSpec,
 };
 pub use validate::{
-    AuthSettings, GatewayConfig, JwtKeyFiles, ServerSettings, UpstreamSettings, load_file,
-    parse_yaml, tenant_from_store, validate, validate_route_spec,
+    AuthSettings, ClusterSettings, GatewayConfig, JwtKeyFiles, RedisFallback, ServerSettings,
+    StoredTenant, UpstreamSettings, load_file, parse_yaml, tenant_from_store, validate,
+    validate_policy_spec, validate_redis_url, validate_route_spec,
 };
 
 pub use tenantry_domain::Snapshot;

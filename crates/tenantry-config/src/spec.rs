@@ -54,9 +54,33 @@ pub struct GatewaySpec {
     /// Control-plane authentication (JWT issuer, keys, token lifetime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// Redis URL (`redis://host:port[/db]`): cluster mode. Rate limits and quota counters
+    /// are shared by every node, and configuration changes reach every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// What rate limiting does while Redis is unreachable: `local` (default; each node
+    /// enforces its share of the limit), `allow` or `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_redis_error: Option<String>,
+    /// Cluster settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
     /// The tenants and their routes.
     #[serde(default, deserialize_with = "shrunk")]
     pub tenants: Vec<TenantSpec>,
+}
+
+/// `cluster:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// This node's name in `tenantry cluster status` (default: host name and process id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// How long a node trusts its copy of a tenant's configuration without an event
+    /// (default `30s`): a missed change heals within this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_ttl: Option<String>,
 }
 
 /// `auth:` section.
@@ -141,6 +165,10 @@ pub struct LimitsSpec {
     /// Largest accepted request header section in bytes (default 32768); larger gets 431.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
+    /// Largest request body an LLM route reads to check its policy (default 1048576);
+    /// larger gets 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_llm_body_bytes: Option<usize>,
 }
 
 /// `runtime:` section.
@@ -161,6 +189,9 @@ pub struct TenantSpec {
     /// Plan name (default `free`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Allowed models and tools on the tenant's LLM routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
     /// The tenant's routes.
     #[serde(default, deserialize_with = "shrunk")]
     pub routes: Vec<RouteSpec>,
@@ -181,6 +212,12 @@ pub struct RouteSpec {
     /// `round_robin` (default), `weighted_round_robin`, `least_conn` or `ip_hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
+    /// `http` (default) or `llm` (OpenAI-style API: policies and token quotas apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The route's own rate limit, replacing the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratelimit: Option<RateLimitSpec>,
     /// Certificate for the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Box<TlsSpec>>,
@@ -190,6 +227,35 @@ pub struct RouteSpec {
     /// Backends (at least one).
     #[serde(default, deserialize_with = "shrunk")]
     pub backends: Vec<BackendSpec>,
+}
+
+/// `policy:` of a tenant: what its LLM routes accept. A missing list allows anything; an
+/// empty list allows nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Models a request may name in `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+    /// Tools a request may offer in `tools[].function.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+}
+
+/// `ratelimit:` of a route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sustained rate (at least 1).
+    pub requests_per_minute: u64,
+    /// Requests allowed at once (default: `requests_per_minute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Who shares a bucket: `tenant`, `route` (default), `client_ip` or `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `tls:` of a route; relative paths are relative to the config file's folder.

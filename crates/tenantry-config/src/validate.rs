@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenantry_domain::{
-    Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern, Route,
-    RouteId, Snapshot, Tenant, TenantId, TlsFiles,
+    Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern,
+    RateLimitKey, Route, RouteId, RouteKind, RouteRateLimit, Snapshot, Tenant, TenantId,
+    TenantPolicy, TlsFiles,
 };
 
-use crate::{ConfigErrors, GatewaySpec, HealthCheckSpec, RouteSpec, TenantSpec, parse_duration};
+use crate::{
+    ConfigErrors, GatewaySpec, HealthCheckSpec, PolicySpec, RouteSpec, TenantSpec, parse_duration,
+};
 
 /// Process-level settings: listeners, timeouts, logging. Changing them needs a restart (or an
 /// `--upgrade`); routing changes do not.
@@ -42,6 +45,67 @@ pub struct ServerSettings {
     pub upgrade_socket: Option<PathBuf>,
     /// Control-plane authentication.
     pub auth: AuthSettings,
+    /// Largest request body an LLM route reads (413 beyond).
+    pub max_llm_body_bytes: usize,
+    /// Redis URL: cluster mode.
+    pub redis: Option<String>,
+    /// Rate limiting while Redis is unreachable.
+    pub on_redis_error: RedisFallback,
+    /// Cluster settings.
+    pub cluster: ClusterSettings,
+}
+
+/// What rate limiting does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisFallback {
+    /// Each node enforces its share of the limit in process.
+    #[default]
+    Local,
+    /// Let requests through.
+    Allow,
+    /// Refuse requests (429).
+    Deny,
+}
+
+impl RedisFallback {
+    /// Parses `local`, `allow` or `deny`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "allow" => Some(Self::Allow),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's name (`None`: host name and process id).
+    pub node_id: Option<String>,
+    /// How long a tenant's configuration is trusted without an event.
+    pub config_ttl: Duration,
+}
+
+/// Checks a Redis URL: `redis://[user:password@]host[:port][/db]`.
+pub fn validate_redis_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Err(format!(
+            "invalid Redis URL {url:?}: expected redis://host:port[/db]"
+        ));
+    };
+    let hostport = rest.rsplit('@').next().unwrap_or(rest);
+    let hostport = hostport.split('/').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err(format!("invalid Redis URL {url:?}: missing host"));
+    }
+    if let Some((_, port)) = hostport.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("invalid Redis URL {url:?}: bad port {port:?}"));
+    }
+    Ok(())
 }
 
 /// Control-plane authentication settings.
@@ -323,6 +387,50 @@ fn validate_server(
         errs.push("runtime.threads", "must be at least 1");
     }
     let auth = validate_auth(spec.auth.as_ref(), base, errs);
+    let max_llm_body_bytes = spec
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_llm_body_bytes)
+        .unwrap_or(1024 * 1024);
+    if !(1024..=64 * 1024 * 1024).contains(&max_llm_body_bytes) {
+        errs.push(
+            "limits.max_llm_body_bytes",
+            "must be between 1024 and 67108864",
+        );
+    }
+    if let Some(url) = &spec.redis
+        && let Err(e) = validate_redis_url(url)
+    {
+        errs.push("redis", e);
+    }
+    let on_redis_error = match spec.on_redis_error.as_deref() {
+        None => RedisFallback::Local,
+        Some(s) => RedisFallback::parse(s).unwrap_or_else(|| {
+            errs.push(
+                "on_redis_error",
+                format!("unknown value {s:?} (expected local, allow or deny)"),
+            );
+            RedisFallback::Local
+        }),
+    };
+    let cl = spec.cluster.clone().unwrap_or_default();
+    let config_ttl = duration(
+        cl.config_ttl.as_deref(),
+        Duration::from_secs(30),
+        "cluster.config_ttl",
+        errs,
+    );
+    if config_ttl < Duration::from_secs(1) {
+        errs.push("cluster.config_ttl", "must be at least 1s");
+    }
+    if let Some(n) = &cl.node_id
+        && (n.is_empty() || n.len() > 100 || n.chars().any(|c| c.is_control() || c == ' '))
+    {
+        errs.push(
+            "cluster.node_id",
+            "must be 1 to 100 characters without spaces",
+        );
+    }
     if errs.0.len() > before {
         return None;
     }
@@ -344,6 +452,13 @@ fn validate_server(
         max_header_bytes,
         threads,
         upgrade_socket: spec.upgrade_socket.as_deref().map(|p| resolve(base, p)),
+        max_llm_body_bytes,
+        redis: spec.redis.clone(),
+        on_redis_error,
+        cluster: ClusterSettings {
+            node_id: cl.node_id,
+            config_ttl,
+        },
     })
 }
 
@@ -413,32 +528,94 @@ pub fn validate_route_spec(r: &RouteSpec, base: &Path) -> Result<Route, ConfigEr
     }
 }
 
+/// A tenant as the control-plane store holds it, for [`tenant_from_store`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoredTenant<'a> {
+    /// Slug.
+    pub id: &'a TenantId,
+    /// Plan name.
+    pub plan: &'a str,
+    /// Effective limits.
+    pub limits: Option<&'a Arc<tenantry_domain::PlanLimits>>,
+    /// Whether it is suspended.
+    pub suspended: bool,
+    /// LLM policy.
+    pub policy: Option<&'a PolicySpec>,
+    /// Start of the first billing period (unix ms).
+    pub billing_anchor_ms: Option<u64>,
+    /// Routes.
+    pub routes: &'a [RouteSpec],
+}
+
 /// Builds the data plane's view of a tenant held in the control-plane store.
-pub fn tenant_from_store(
-    id: TenantId,
-    plan: &str,
-    limits: Option<Arc<tenantry_domain::PlanLimits>>,
-    suspended: bool,
-    routes: &[RouteSpec],
-    base: &Path,
-) -> Result<Tenant, ConfigErrors> {
+pub fn tenant_from_store(t: StoredTenant<'_>, base: &Path) -> Result<Tenant, ConfigErrors> {
     let mut errs = ConfigErrors(Vec::new());
-    let mut out = Vec::with_capacity(routes.len());
-    for (i, r) in routes.iter().enumerate() {
+    let id = t.id;
+    let mut out = Vec::with_capacity(t.routes.len());
+    for (i, r) in t.routes.iter().enumerate() {
         if let Some(route) = validate_route(r, &format!("{id}.routes[{i}]"), base, &mut errs) {
             out.push(route);
         }
     }
+    let policy = t
+        .policy
+        .and_then(|p| validate_policy(p, &format!("{id}.policy"), &mut errs));
     if !errs.is_empty() {
         return Err(errs);
     }
     Ok(Tenant {
-        id,
-        plan: interned(plan),
-        limits,
-        suspended,
+        id: id.clone(),
+        plan: interned(t.plan),
+        limits: t.limits.cloned(),
+        suspended: t.suspended,
+        policy,
+        billing_anchor_ms: t.billing_anchor_ms,
         routes: out,
     })
+}
+
+/// Validates a tenant policy as the admin API receives it (error paths relative to it).
+pub fn validate_policy_spec(p: &PolicySpec) -> Result<Option<Arc<TenantPolicy>>, ConfigErrors> {
+    let mut errs = ConfigErrors(Vec::new());
+    let out = validate_policy(p, "", &mut errs);
+    for e in &mut errs.0 {
+        if let Some(rest) = e.path.strip_prefix('.') {
+            e.path = rest.to_owned();
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// `None` when the policy restricts nothing (the common case costs nothing per request).
+fn validate_policy(
+    p: &PolicySpec,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<TenantPolicy>> {
+    let list = |v: &Option<Vec<String>>, name: &str, errs: &mut ConfigErrors| {
+        v.as_ref().map(|items| {
+            if items.len() > 1000 {
+                errs.push(format!("{path}.{name}"), "at most 1000 entries");
+            }
+            for (i, item) in items.iter().enumerate() {
+                if item.is_empty() || item.len() > 200 || item.chars().any(char::is_control) {
+                    errs.push(
+                        format!("{path}.{name}[{i}]"),
+                        format!("must be 1 to 200 printable characters, got {item:?}"),
+                    );
+                }
+            }
+            items
+                .iter()
+                .map(|s| Box::<str>::from(s.as_str()))
+                .collect::<Box<[_]>>()
+        })
+    };
+    let policy = TenantPolicy {
+        allowed_models: list(&p.allowed_models, "allowed_models", errs),
+        allowed_tools: list(&p.allowed_tools, "allowed_tools", errs),
+    };
+    (!policy.is_open()).then(|| Arc::new(policy))
 }
 
 /// Returns the tenant with its valid routes whenever its id is valid, so that later checks
@@ -478,11 +655,17 @@ fn validate_tenant(
             routes.push(route);
         }
     }
+    let policy = t
+        .policy
+        .as_ref()
+        .and_then(|p| validate_policy(p, &format!("{path}.policy"), errs));
     Some(Tenant {
         id: id?,
         plan,
         limits: None,
         suspended: false,
+        policy,
+        billing_anchor_ms: None,
         routes,
     })
 }
@@ -535,6 +718,51 @@ fn validate_route(
             }
         },
     };
+    let kind = match r.kind.as_deref() {
+        None => RouteKind::Http,
+        Some(k) => RouteKind::parse(k).unwrap_or_else(|| {
+            errs.push(
+                format!("{path}.kind"),
+                format!("unknown kind {k:?} (expected http or llm)"),
+            );
+            RouteKind::Http
+        }),
+    };
+    let ratelimit = r.ratelimit.as_ref().map(|rl| {
+        let rpath = format!("{path}.ratelimit");
+        if !(1..=1_000_000_000).contains(&rl.requests_per_minute) {
+            errs.push(
+                format!("{rpath}.requests_per_minute"),
+                format!(
+                    "must be between 1 and 1000000000, got {}",
+                    rl.requests_per_minute
+                ),
+            );
+        }
+        if let Some(b) = rl.burst
+            && !(1..=1_000_000_000).contains(&b)
+        {
+            errs.push(
+                format!("{rpath}.burst"),
+                format!("must be between 1 and 1000000000, got {b}"),
+            );
+        }
+        let key = match rl.key.as_deref() {
+            None => RateLimitKey::Route,
+            Some(k) => RateLimitKey::parse(k).unwrap_or_else(|| {
+                errs.push(
+                    format!("{rpath}.key"),
+                    format!("unknown key {k:?} (expected tenant, route, client_ip or api_key)"),
+                );
+                RateLimitKey::Route
+            }),
+        };
+        Box::new(RouteRateLimit {
+            requests_per_minute: rl.requests_per_minute,
+            burst: rl.burst,
+            key,
+        })
+    });
     let tls = r.tls.as_ref().map(|t| {
         if t.cert.is_empty() {
             errs.push(format!("{path}.tls.cert"), "must not be empty");
@@ -616,6 +844,8 @@ fn validate_route(
         host: host?,
         path_prefix,
         algorithm,
+        kind,
+        ratelimit,
         tls,
         health_check,
         backends,

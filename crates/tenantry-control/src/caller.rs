@@ -48,6 +48,7 @@ pub fn policy(method: &Method, path: &str) -> Option<Policy> {
             | "/api/tenants/{tenant_id}/routes/{route_id}"
             | "/api/tenants/{tenant_id}/api-keys"
             | "/api/tenants/{tenant_id}/subscription"
+            | "/api/tenants/{tenant_id}/policy"
             | "/api/tenants/{tenant_id}/audit",
         ) => Policy::Tenant(Read),
         ("POST", "/api/tenants/{tenant_id}/routes")
@@ -61,7 +62,7 @@ pub fn policy(method: &Method, path: &str) -> Option<Policy> {
         | ("PATCH" | "DELETE", "/api/tenants/{tenant_id}/users/{user_id}")
         | ("DELETE", "/api/tenants/{tenant_id}/api-keys/{key_id}") => Policy::Tenant(ManageAccess),
         ("PATCH", "/api/tenants/{tenant_id}")
-        | ("PUT", "/api/tenants/{tenant_id}/subscription")
+        | ("PUT", "/api/tenants/{tenant_id}/subscription" | "/api/tenants/{tenant_id}/policy")
         | ("GET", "/api/tenants/{tenant_id}/export") => Policy::Tenant(ManageTenant),
         ("POST", "/api/tenants" | "/api/plans")
         | ("PUT", "/api/plans/{plan}" | "/api/tenants/{tenant_id}/limits")

@@ -37,6 +37,26 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub trait DataPlane: Send + Sync {
     /// Applies changes atomically; an error means the proxy keeps its previous state.
     fn apply(&self, changes: Vec<Change>) -> Result<(), String>;
+
+    /// Tells the other nodes of a cluster that a tenant changed (after [`DataPlane::apply`]
+    /// succeeded here). `config` is the tenant's new configuration as JSON (`None`: removed).
+    /// A single node has no one to tell.
+    fn announce(&self, tenant: &TenantId, config: Option<serde_json::Value>) {
+        let _ = (tenant, config);
+    }
+}
+
+/// A tenant's configuration as published to the cluster (`tn:config:<tenant_id>`).
+pub fn tenant_config_json(state: &TenantState) -> serde_json::Value {
+    serde_json::json!({
+        "id": state.tenant.id.as_str(),
+        "plan": state.plan,
+        "status": state.tenant.status.as_str(),
+        "managed_by": state.tenant.managed_by,
+        "limits": plans::LimitsBody::from(&state.limits),
+        "policy": state.policy,
+        "routes": state.routes,
+    })
 }
 
 /// Shared state of the API.
@@ -56,7 +76,9 @@ pub struct AppState {
 impl AppState {
     /// Reloads one tenant from the store and pushes it to the data plane (or removes it).
     pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), ApiError> {
-        let change = match self.store.platform().load_tenant(id).await? {
+        let loaded = self.store.platform().load_tenant(id).await?;
+        let config = loaded.as_ref().map(tenant_config_json);
+        let change = match loaded {
             Some(state) => {
                 let tenant = to_domain(&state, &self.base_dir).map_err(|e| {
                     ApiError::internal(&format!(
@@ -71,7 +93,9 @@ impl AppState {
         };
         self.dataplane
             .apply(vec![change])
-            .map_err(|e| ApiError::internal(&format!("data plane refused the change: {e}")))
+            .map_err(|e| ApiError::internal(&format!("data plane refused the change: {e}")))?;
+        self.dataplane.announce(id, config);
+        Ok(())
     }
 }
 
@@ -80,12 +104,17 @@ pub fn to_domain(
     state: &TenantState,
     base: &std::path::Path,
 ) -> Result<tenantry_domain::Tenant, tenantry_config::ConfigErrors> {
+    let limits = Arc::new(state.limits.clone());
     tenantry_config::tenant_from_store(
-        state.tenant.id.clone(),
-        &state.plan,
-        Some(Arc::new(state.limits.clone())),
-        state.tenant.status == TenantStatus::Suspended,
-        &state.routes,
+        tenantry_config::StoredTenant {
+            id: &state.tenant.id,
+            plan: &state.plan,
+            limits: Some(&limits),
+            suspended: state.tenant.status == TenantStatus::Suspended,
+            policy: state.policy.as_ref(),
+            billing_anchor_ms: u64::try_from(state.billing_anchor_ms).ok(),
+            routes: &state.routes,
+        },
         base,
     )
 }

@@ -38,6 +38,9 @@ pub struct LimitsBody {
     pub max_workers: Option<u64>,
     /// Requests per minute.
     pub requests_per_minute: Option<u64>,
+    /// Requests allowed at once (the rate limiter's bucket); `null`: `requests_per_minute`.
+    #[serde(default)]
+    pub burst: Option<u64>,
     /// LLM tokens per minute.
     pub tokens_per_minute: Option<u64>,
     /// Bandwidth per billing month (GB).
@@ -59,6 +62,7 @@ impl From<&PlanLimits> for LimitsBody {
             max_domains: l.max_domains,
             max_workers: l.max_workers,
             requests_per_minute: l.requests_per_minute,
+            burst: l.burst,
             tokens_per_minute: l.tokens_per_minute,
             bandwidth_gb_month: l.bandwidth_gb_month,
             waf_level: l.waf_level.as_str().to_owned(),
@@ -97,6 +101,7 @@ impl TryFrom<LimitsBody> for PlanLimits {
             max_domains: b.max_domains,
             max_workers: b.max_workers,
             requests_per_minute: b.requests_per_minute,
+            burst: b.burst,
             tokens_per_minute: b.tokens_per_minute,
             bandwidth_gb_month: b.bandwidth_gb_month,
             waf_level: waf(&b.waf_level, "waf_level")?,
@@ -164,6 +169,14 @@ pub struct OverridesBody {
     )]
     #[schema(value_type = Option<u64>)]
     pub requests_per_minute: Option<Option<u64>>,
+    /// See the plan's `burst`.
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u64>)]
+    pub burst: Option<Option<u64>>,
     /// See the plan's `tokens_per_minute`.
     #[serde(
         default,
@@ -200,6 +213,7 @@ impl From<&LimitOverrides> for OverridesBody {
             max_domains: o.max_domains,
             max_workers: o.max_workers,
             requests_per_minute: o.requests_per_minute,
+            burst: o.burst,
             tokens_per_minute: o.tokens_per_minute,
             bandwidth_gb_month: o.bandwidth_gb_month,
             waf_level: o.waf_level.map(|w| w.as_str().to_owned()),
@@ -220,6 +234,7 @@ impl TryFrom<OverridesBody> for LimitOverrides {
             max_domains: b.max_domains,
             max_workers: b.max_workers,
             requests_per_minute: b.requests_per_minute,
+            burst: b.burst,
             tokens_per_minute: b.tokens_per_minute,
             bandwidth_gb_month: b.bandwidth_gb_month,
             waf_level: b

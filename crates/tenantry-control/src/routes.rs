@@ -49,7 +49,9 @@ pub(crate) async fn writable(state: &AppState, id: &TenantId) -> Result<(), ApiE
     if t.managed_by == "file" {
         return Err(ApiError::new(
             ErrorCode::ManagedByFile,
-            format!("tenant {id}'s routes come from the configuration file; change them there"),
+            format!(
+                "tenant {id}'s routes and policy come from the configuration file; change them there"
+            ),
         ));
     }
     Ok(())

@@ -33,6 +33,10 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
             get(subscription).put(change_plan),
         )
         .route("/api/tenants/{tenant_id}/limits", put(set_limits))
+        .route(
+            "/api/tenants/{tenant_id}/policy",
+            get(read_policy).put(set_policy),
+        )
         .route("/api/tenants/{tenant_id}/audit", get(tenant_audit))
         .route("/api/audit", get(platform_audit))
 }
@@ -431,6 +435,47 @@ pub(crate) async fn set_limits(
         .await?;
     state.sync_tenant(&id).await?;
     Ok(Json(s.into()))
+}
+
+/// The tenant's LLM policy: which models and tools requests to its `llm` routes may use.
+/// Missing lists allow anything.
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/policy", tag = "tenants",
+    security(("bearer" = [])), params(("tenant_id" = String, Path)),
+    responses((status = 200, body = tenantry_config::PolicySpec), (status = 404, body = ErrorBody)))]
+pub(crate) async fn read_policy(
+    State(state): State<Arc<AppState>>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<tenantry_config::PolicySpec>> {
+    let id = tenant_path(&tenant_id)?;
+    let p = state.store.tenant(&id).policy().await?;
+    Ok(Json(p.unwrap_or_default()))
+}
+
+/// Replace the tenant's LLM policy (owners). `{}` removes every restriction; an empty list
+/// allows nothing. Applies to the data plane before the response.
+#[utoipa::path(put, path = "/api/tenants/{tenant_id}/policy", tag = "tenants",
+    security(("bearer" = [])), params(("tenant_id" = String, Path)),
+    request_body = tenantry_config::PolicySpec,
+    responses((status = 200, body = tenantry_config::PolicySpec), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "managed_by_file", body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub(crate) async fn set_policy(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(tenant_id): Path<String>,
+    Body(req): Body<tenantry_config::PolicySpec>,
+) -> ApiResult<Json<tenantry_config::PolicySpec>> {
+    let id = tenant_path(&tenant_id)?;
+    crate::routes::writable(&state, &id).await?;
+    tenantry_config::validate_policy_spec(&req).map_err(|e| ApiError::from_config(&e, ""))?;
+    let open = req.allowed_models.is_none() && req.allowed_tools.is_none();
+    state
+        .store
+        .tenant(&id)
+        .set_policy(&caller.actor(), (!open).then_some(&req))
+        .await?;
+    state.sync_tenant(&id).await?;
+    Ok(Json(req))
 }
 
 fn page(q: &AuditQuery) -> Result<u32, ApiError> {

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
 use crate::gateway::Gateway;
+use crate::llm::UsageScanner;
 use crate::metrics::RouteMetrics;
 use crate::table::{BackendRt, RouteRt};
 use crate::upstream::Conn;
@@ -23,6 +24,8 @@ pub enum UpBody {
     Stream(Incoming, Arc<RouteMetrics>),
     /// No body (lets idempotent requests be retried).
     Empty,
+    /// A body read in full before forwarding (LLM routes check it first).
+    Full(Option<Bytes>),
 }
 
 impl Body for UpBody {
@@ -44,6 +47,7 @@ impl Body for UpBody {
                 polled
             }
             UpBody::Empty => Poll::Ready(None),
+            UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -51,6 +55,7 @@ impl Body for UpBody {
         match self {
             UpBody::Stream(b, _) => b.is_end_stream(),
             UpBody::Empty => true,
+            UpBody::Full(b) => b.is_none(),
         }
     }
 
@@ -58,6 +63,8 @@ impl Body for UpBody {
         match self {
             UpBody::Stream(b, _) => b.size_hint(),
             UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            UpBody::Full(None) => SizeHint::with_exact(0),
         }
     }
 }
@@ -80,12 +87,50 @@ pub struct Tap {
     /// The upstream connection, returned to its pool if the body is read to the end.
     pub(crate) conn: Option<Conn>,
     pub(crate) complete: bool,
+    /// Request body bytes (as declared), counted into the bandwidth quota.
+    pub(crate) request_bytes: u64,
+    /// On LLM routes: finds the response's token usage as it streams.
+    pub(crate) usage: Option<Box<UsageScanner>>,
 }
 
 impl Tap {
     fn backend(&self) -> Option<&BackendRt> {
         let r = self.route.as_ref()?;
         r.backends.get(self.backend?)
+    }
+
+    /// Quotas: the request's bytes to the tenant's bandwidth, an LLM response's tokens to its
+    /// tokens-per-minute counter (added off the response path, in a task).
+    fn account(&mut self) {
+        let Some(route) = &self.route else { return };
+        let Some(adm) = &route.admission else { return };
+        let now = crate::admission::unix_ms();
+        self.gw
+            .quotas
+            .add_bandwidth(&route.tenant, adm, self.bytes + self.request_bytes, now);
+        let Some(scanner) = self.usage.take() else {
+            return;
+        };
+        let Some(usage) = scanner.finish() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let gw = Arc::clone(&self.gw);
+            let route = Arc::clone(route);
+            rt.spawn(async move {
+                if let Some(adm) = &route.admission {
+                    gw.quotas
+                        .add_tokens(
+                            &gw.limiter,
+                            &gw.metrics,
+                            &route.tenant,
+                            adm,
+                            usage.total_tokens,
+                        )
+                        .await;
+                }
+            });
+        }
     }
 }
 
@@ -113,6 +158,7 @@ impl Drop for Tap {
                     .put(conn, self.gw.settings.upstream.max_idle_per_backend);
             }
         }
+        self.account();
         if let Some(log) = &self.gw.access_log {
             log.write(&Entry {
                 tenant_id: self.route.as_ref().map(|r| r.tenant.as_str()),
@@ -182,6 +228,9 @@ impl Body for RespBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let (Some(d), Some(tap)) = (f.data_ref(), this.tap.as_mut()) {
                     tap.bytes += d.len() as u64;
+                    if let Some(u) = tap.usage.as_mut() {
+                        u.feed(d);
+                    }
                 }
             }
             Poll::Ready(None) => {

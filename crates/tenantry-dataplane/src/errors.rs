@@ -21,6 +21,18 @@ pub enum ErrorCode {
     /// The request is malformed or ambiguous, e.g. both Content-Length and
     /// Transfer-Encoding (400).
     BadRequest,
+    /// The route's or tenant's rate limit is spent (429, with `Retry-After`).
+    RateLimited,
+    /// A quota is spent and the plan's `on_quota` is `block` (403).
+    QuotaExceeded,
+    /// A quota is spent and the plan's `on_quota` is `throttle` (429, code `quota_exceeded`).
+    QuotaThrottled,
+    /// The tenant's policy does not allow the requested model or tool (403).
+    PolicyDenied,
+    /// An LLM route's request body is not a JSON object (400).
+    InvalidBody,
+    /// The request body is larger than the route accepts (413).
+    PayloadTooLarge,
 }
 
 impl ErrorCode {
@@ -34,6 +46,11 @@ impl ErrorCode {
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded | ErrorCode::QuotaThrottled => "quota_exceeded",
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -45,7 +62,10 @@ impl ErrorCode {
             ErrorCode::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest | ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
+            ErrorCode::RateLimited | ErrorCode::QuotaThrottled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::QuotaExceeded | ErrorCode::PolicyDenied => StatusCode::FORBIDDEN,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

@@ -13,7 +13,11 @@ use arc_swap::ArcSwap;
 use tenantry_config::{ConfigErrors, GatewayConfig, ServerSettings};
 use tenantry_domain::{Change, Snapshot};
 
+use tenantry_config::RedisFallback;
+use tenantry_limits::{Limiter, OnBackendError, RedisOptions};
+
 use crate::accesslog::AccessLog;
+use crate::admission::Quotas;
 use crate::health::HealthSupervisor;
 use crate::metrics::MetricsRegistry;
 use crate::table::{RoutingTable, TableError};
@@ -86,6 +90,10 @@ pub struct Gateway {
     health: Mutex<HealthSupervisor>,
     source: OnceLock<Arc<dyn ConfigSource>>,
     api: OnceLock<ApiHandler>,
+    /// Rate limits and quota counters: in process, or shared through Redis (cluster mode).
+    pub(crate) limiter: Limiter,
+    /// Quota accounting and events.
+    pub(crate) quotas: Quotas,
 }
 
 struct ReconfigState {
@@ -116,7 +124,21 @@ impl Gateway {
         } else {
             None
         };
+        let limiter = match &settings.redis {
+            None => Limiter::local(),
+            Some(url) => {
+                let mut opts = RedisOptions::new(url.clone());
+                opts.on_error = match settings.on_redis_error {
+                    RedisFallback::Local => OnBackendError::Local,
+                    RedisFallback::Allow => OnBackendError::Allow,
+                    RedisFallback::Deny => OnBackendError::Deny,
+                };
+                Limiter::redis(opts).map_err(|e| TableError::Settings(e.to_string()))?
+            }
+        };
         let gw = Arc::new(Self {
+            limiter,
+            quotas: Quotas::default(),
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             access_log,
@@ -135,7 +157,42 @@ impl Gateway {
             api: OnceLock::new(),
         });
         gw.reconcile_health();
+        // The tokenizer takes a moment to build: not on the first LLM request's path.
+        if gw.table.load().routes().any(|r| {
+            r.admission
+                .as_ref()
+                .is_some_and(|a| a.kind == tenantry_domain::RouteKind::Llm)
+        }) {
+            tokio::task::spawn_blocking(|| crate::llm::count_tokens("warm up"));
+        }
+        // Pending bandwidth goes to the counters every second.
+        let weak = Arc::downgrade(&gw);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(gw) = weak.upgrade() else { return };
+                gw.quotas.flush(&gw.limiter, &gw.metrics).await;
+            }
+        });
         Ok(gw)
+    }
+
+    /// The rate limiter and quota counters.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Quota accounting (set the event sink here).
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The tenant as currently served, if any.
+    pub fn tenant(&self, id: &tenantry_domain::TenantId) -> Option<Arc<tenantry_domain::Tenant>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.snapshot.tenant(id).cloned()
     }
 
     /// The server settings the gateway was started with.

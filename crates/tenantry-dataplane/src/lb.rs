@@ -125,11 +125,15 @@ mod tests {
             plan: "free".into(),
             limits: None,
             suspended: false,
+            policy: None,
+            billing_anchor_ms: None,
             routes: vec![Route {
                 id: RouteId::parse("r").unwrap(),
                 host: HostPattern::parse("t.test").unwrap(),
                 path_prefix: "/".into(),
                 algorithm,
+                kind: Default::default(),
+                ratelimit: None,
                 tls: None,
                 health_check: None,
                 backends: weights

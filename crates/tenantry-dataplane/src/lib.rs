@@ -5,12 +5,14 @@
 //! connections), [`upgrade`] (socket handover), [`demo`] (sample backends).
 
 pub mod accesslog;
+pub mod admission;
 pub mod body;
 pub mod demo;
 pub mod errors;
 pub mod gateway;
 pub mod health;
 pub mod lb;
+pub mod llm;
 pub mod metrics;
 pub mod proxy;
 pub mod reqid;

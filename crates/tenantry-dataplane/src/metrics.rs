@@ -38,6 +38,15 @@ pub const ACCESS_LOG_DROPPED: &str = "tenantry_access_log_dropped_total";
 /// Upstream attempts retried on another backend.
 pub const UPSTREAM_RETRIES: &str = "tenantry_upstream_retries_total";
 
+/// Requests refused at admission by reason (`rate_limit` | `quota` | `policy`).
+pub const ADMISSION_REFUSED: &str = "tenantry_admission_refused_total";
+/// Rate-limit backend (Redis) errors: each one fell back to `on_redis_error`.
+pub const RATELIMIT_BACKEND_ERRORS: &str = "tenantry_ratelimit_backend_errors_total";
+/// 1 while the rate-limit backend answers (always 1 in process).
+pub const RATELIMIT_BACKEND_UP: &str = "tenantry_ratelimit_backend_up";
+/// Quota thresholds crossed (`quota`, `percent` = 80 | 100).
+pub const QUOTA_EVENTS: &str = "tenantry_quota_events_total";
+
 /// Label used for tenants beyond `max_tenants`.
 pub const OTHER: &str = "_other";
 /// Label used for requests that matched no tenant.
@@ -59,9 +68,30 @@ pub struct RouteMetrics {
     sum_micros: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    refused: [AtomicU64; 3],
+}
+
+/// Why admission refused (or, for quotas under `log`/`notify`, flagged) a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Rate limit.
+    RateLimit = 0,
+    /// A quota was spent.
+    Quota = 1,
+    /// The tenant's LLM policy.
+    Policy = 2,
+}
+
+impl Refused {
+    const NAMES: [&'static str; 3] = ["rate_limit", "quota", "policy"];
 }
 
 impl RouteMetrics {
+    /// Counts an admission refusal.
+    pub fn refused(&self, why: Refused) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn new(tenant: &str, route: &str) -> Self {
         Self {
             tenant: tenant.into(),
@@ -72,6 +102,7 @@ impl RouteMetrics {
             sum_micros: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            refused: Default::default(),
         }
     }
 
@@ -114,6 +145,12 @@ pub struct GlobalMetrics {
     pub access_log_dropped: AtomicU64,
     /// Retries on another backend.
     pub retries: AtomicU64,
+    /// Rate-limit backend errors (copied from the limiter when rendering).
+    pub ratelimit_backend_errors: AtomicU64,
+    /// Whether the rate-limit backend answers (copied from the limiter when rendering).
+    pub ratelimit_backend_up: AtomicU64,
+    /// Quota events: tokens 80/100, bandwidth 80/100.
+    pub quota_events: [AtomicU64; 4],
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +301,24 @@ impl MetricsRegistry {
         }
         header(
             &mut out,
+            ADMISSION_REFUSED,
+            "counter",
+            "Requests refused at admission (rate limit, quota, policy); quota also counts requests served over a quota under on_quota log or notify.",
+        );
+        for m in &all {
+            for (why, c) in Refused::NAMES.iter().zip(&m.refused) {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{ADMISSION_REFUSED}{{tenant=\"{}\",route=\"{}\",reason=\"{why}\"}} {v}",
+                        m.tenant, m.route
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
             BACKEND_UP,
             "gauge",
             "1 if the backend is healthy, 0 if it is down (labelled tenants only).",
@@ -349,9 +404,42 @@ impl MetricsRegistry {
                 "Requests retried on another backend after a connect error.",
                 g.retries.load(Ordering::Relaxed),
             ),
+            (
+                RATELIMIT_BACKEND_ERRORS,
+                "counter",
+                "Rate-limit backend (Redis) errors; each decision fell back to on_redis_error.",
+                g.ratelimit_backend_errors.load(Ordering::Relaxed),
+            ),
+            (
+                RATELIMIT_BACKEND_UP,
+                "gauge",
+                "1 while the rate-limit backend answers.",
+                g.ratelimit_backend_up.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
+        }
+        header(
+            &mut out,
+            QUOTA_EVENTS,
+            "counter",
+            "Quota thresholds crossed (80% and 100% of a window).",
+        );
+        for (i, (quota, percent)) in [
+            ("tokens_per_minute", 80),
+            ("tokens_per_minute", 100),
+            ("bandwidth_gb_month", 80),
+            ("bandwidth_gb_month", 100),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "{QUOTA_EVENTS}{{quota=\"{quota}\",percent=\"{percent}\"}} {}",
+                g.quota_events[i].load(Ordering::Relaxed)
+            );
         }
         out
     }

@@ -24,10 +24,18 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tenantry_domain::normalize_host;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tenantry_domain::RouteKind;
+use tenantry_limits::{Decision, Rate};
+
+use crate::admission::{self, Admission, QuotaKind, Refusal};
 use crate::body::{RespBody, Tap, UpBody};
 use crate::errors::ErrorCode;
 use crate::gateway::Gateway;
 use crate::lb::select_backend;
+use crate::llm::{self, UsageScanner};
+use crate::metrics::Refused;
 use crate::reqid;
 use crate::table::{Lookup, RouteRt};
 use crate::upstream::{self, Sent, UpstreamError};
@@ -105,6 +113,8 @@ pub async fn handle(
         gw: Arc::clone(&gw),
         conn: None,
         complete: false,
+        request_bytes: 0,
+        usage: None,
     };
 
     // Phase 1: request filter.
@@ -120,6 +130,17 @@ pub async fn handle(
     tap.route = Some(Arc::clone(&route));
     if route.suspended {
         return local_error(&gw, ErrorCode::TenantSuspended, tap, false);
+    }
+
+    // Phase 2b: admission (rate limit, bandwidth quota); LLM routes read and check the body
+    // below, once the request is taken apart.
+    let admission = route.admission.clone();
+    let mut rate: Option<(Decision, Rate)> = None;
+    if let Some(adm) = &admission {
+        if let Err(r) = admit(&gw, &route, adm, &conn, req.headers(), &mut rate).await {
+            return refused(&gw, r, rate.as_ref(), tap, false);
+        }
+        tap.request_bytes = declared_length(req.headers()).unwrap_or(0);
     }
 
     // Phase 3: choose an upstream.
@@ -148,7 +169,26 @@ pub async fn handle(
         .uri
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    let mut up_req = Request::from_parts(parts, UpBody::Stream(body, Arc::clone(&route.metrics)));
+    let mut prompt_estimate = None;
+    let up_body = match admission.as_ref().filter(|a| a.kind == RouteKind::Llm) {
+        None => UpBody::Stream(body, Arc::clone(&route.metrics)),
+        Some(adm) => match admit_llm(&gw, &route, adm, &parts.headers, body).await {
+            Ok((bytes, estimate)) => {
+                // The usage must be readable in the response: no compression upstream.
+                parts.headers.remove(header::ACCEPT_ENCODING);
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                prompt_estimate = Some(estimate);
+                tap.request_bytes = bytes.len() as u64;
+                route.metrics.add_bytes(bytes.len() as u64, 0);
+                UpBody::Full(Some(bytes))
+            }
+            Err((r, close)) => return refused(&gw, r, rate.as_ref(), tap, close),
+        },
+    };
+    let mut up_req = Request::from_parts(parts, up_body);
     let mut backend = first;
     let mut retried = false;
     let result = loop {
@@ -247,6 +287,18 @@ pub async fn handle(
     let (mut rparts, rbody) = resp.into_parts();
     rparts.version = original_version;
     rparts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some((d, r)) = &rate {
+        admission::rate_headers(d, r, &mut rparts.headers);
+    }
+    if let Some(estimate) = prompt_estimate
+        && status.is_success()
+    {
+        let ct = rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        tap.usage = Some(Box::new(UsageScanner::new(ct, estimate)));
+    }
     if gw.is_draining()
         && original_version < Version::HTTP_2
         && status != StatusCode::SWITCHING_PROTOCOLS
@@ -257,6 +309,123 @@ pub async fn handle(
     }
     tap.status = status.as_u16();
     Response::from_parts(rparts, RespBody::upstream(rbody, tap))
+}
+
+/// Phase 2b: the rate limit, then the bandwidth quota. The rate decision is kept for the
+/// response's `RateLimit-*` headers.
+async fn admit(
+    gw: &Gateway,
+    route: &RouteRt,
+    adm: &Admission,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    rate: &mut Option<(Decision, Rate)>,
+) -> Result<(), Refusal> {
+    if let Some(rule) = &adm.rate {
+        let key = rule.key_for(conn.peer.ip(), headers);
+        let d = gw.limiter.check(key.as_str(), rule.rate).await;
+        *rate = Some((d, rule.rate));
+        if !d.allowed {
+            route.metrics.refused(Refused::RateLimit);
+            return Err(Refusal::plain(ErrorCode::RateLimited));
+        }
+    }
+    let now = admission::unix_ms();
+    if let Some(window) = gw.quotas.bandwidth_window(&route.tenant, adm, now) {
+        route.metrics.refused(Refused::Quota);
+        admission::quota_reached(adm.on_quota, QuotaKind::BandwidthMonth, window, now)?;
+    }
+    Ok(())
+}
+
+/// The declared `Content-Length`, if any.
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Phase 2c, LLM routes: read the body (bounded), parse it, check the tenant's policy and
+/// its token budget. Gives back the body to forward and the prompt's token estimate; a
+/// refusal says whether to close the connection (a body left unread).
+async fn admit_llm(
+    gw: &Gateway,
+    route: &RouteRt,
+    adm: &Admission,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<(Bytes, u64), (Refusal, bool)> {
+    let max = gw.settings.max_llm_body_bytes;
+    if declared_length(headers).is_some_and(|n| n > max as u64) {
+        return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
+    }
+    let bytes = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
+        }
+        Err(_) => return Err((Refusal::plain(ErrorCode::BadRequest), true)),
+    };
+    // Large bodies are tokenized (the prompt estimate) off the worker thread.
+    let parsed = if bytes.len() > 64 * 1024 {
+        let b = bytes.clone();
+        tokio::task::spawn_blocking(move || llm::parse_request(&b))
+            .await
+            .unwrap_or_else(|_| {
+                Err(llm::LlmRequestError::NotJson(
+                    "request body could not be read".to_owned(),
+                ))
+            })
+    } else {
+        llm::parse_request(&bytes)
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(llm::LlmRequestError::NotJson(reason)) => {
+            let mut r = Refusal::plain(ErrorCode::InvalidBody);
+            admission::json_member(&mut r.extra, "reason", &reason);
+            return Err((r, false));
+        }
+    };
+    if let Some(policy) = &adm.policy {
+        let allow = llm::AllowLists {
+            models: policy.allowed_models.as_deref(),
+            tools: policy.allowed_tools.as_deref(),
+        };
+        if let Err(reason) = llm::check_policy(&parsed, &allow, route.tenant.as_str()) {
+            route.metrics.refused(Refused::Policy);
+            let mut r = Refusal::plain(ErrorCode::PolicyDenied);
+            admission::json_member(&mut r.extra, "reason", &reason);
+            return Err((r, false));
+        }
+    }
+    if let Some(limit) = adm.tokens_per_minute {
+        let (used, window) = gw.quotas.tokens_used(&gw.limiter, &route.tenant).await;
+        if used >= limit {
+            route.metrics.refused(Refused::Quota);
+            let now = admission::unix_ms();
+            admission::quota_reached(adm.on_quota, QuotaKind::TokensPerMinute, window, now)
+                .map_err(|r| (r, false))?;
+        }
+    }
+    Ok((bytes, parsed.prompt_tokens_estimate))
+}
+
+/// A refusal from admission: the error body with its extra members, and the rate headers.
+fn refused(
+    gw: &Gateway,
+    r: Refusal,
+    rate: Option<&(Decision, Rate)>,
+    tap: Tap,
+    close: bool,
+) -> Response<RespBody> {
+    let mut resp = local_error_with(gw, r.code, tap, close, &r.extra);
+    let h = resp.headers_mut();
+    if let Some((d, rate)) = rate {
+        admission::rate_headers(d, rate, h);
+    }
+    if let Some(secs) = r.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 fn log_ejected(route: &RouteRt, backend: usize, why: &str) {
@@ -437,9 +606,20 @@ async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnU
 }
 
 /// An error answered by the proxy itself: JSON body, request id, logged and counted.
-fn local_error(gw: &Gateway, code: ErrorCode, mut tap: Tap, close: bool) -> Response<RespBody> {
+fn local_error(gw: &Gateway, code: ErrorCode, tap: Tap, close: bool) -> Response<RespBody> {
+    local_error_with(gw, code, tap, close, "")
+}
+
+/// [`local_error`] with extra JSON members (`,"reason":"…"`) after the code.
+fn local_error_with(
+    gw: &Gateway,
+    code: ErrorCode,
+    mut tap: Tap,
+    close: bool,
+    extra: &str,
+) -> Response<RespBody> {
     let body = format!(
-        "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+        "{{\"error\":\"{}\"{extra},\"request_id\":\"{}\"}}\n",
         code.as_str(),
         tap.request_id.to_str().unwrap_or("")
     );

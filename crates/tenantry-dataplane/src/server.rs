@@ -448,11 +448,14 @@ async fn admin(
         }
         (&Method::GET, "/metrics") => {
             let table = gw.table();
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                gw.metrics.render(&table),
-            )
+            text(StatusCode::OK, "text/plain; version=0.0.4", {
+                let g = &gw.metrics.global;
+                g.ratelimit_backend_errors
+                    .store(gw.limiter.backend_errors(), Ordering::Relaxed);
+                g.ratelimit_backend_up
+                    .store(u64::from(gw.limiter.backend_up()), Ordering::Relaxed);
+                gw.metrics.render(&table)
+            })
         }
         (&Method::POST, "/admin/reload") => {
             if !peer.ip().is_loopback() {

@@ -16,6 +16,7 @@ use tenantry_domain::{
     TenantId,
 };
 
+use crate::admission::Admission;
 use crate::metrics::{MetricsRegistry, RouteMetrics};
 use crate::tls::{self, CertCache};
 use crate::upstream::IdlePool;
@@ -158,6 +159,8 @@ pub struct RouteRt {
     pub health_check: Option<Arc<HealthCheck>>,
     /// Counters and histograms.
     pub metrics: Arc<RouteMetrics>,
+    /// Rate limit, quotas and LLM policy (`None`: nothing to check).
+    pub admission: Option<Arc<Admission>>,
     /// Round-robin position and smooth-weighted state.
     pub(crate) lb: LbState,
 }
@@ -237,6 +240,9 @@ pub struct RoutingTable {
 /// Why a table change could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
+    /// A server setting cannot be used (e.g. an invalid Redis URL).
+    #[error("{0}")]
+    Settings(String),
     /// A certificate or key could not be loaded.
     #[error("tenant {tenant}: route {route}: {source}")]
     Tls {
@@ -415,6 +421,7 @@ fn build_route(
         backends,
         health_check: r.health_check.clone(),
         metrics: metrics.route(&t.id, &r.id),
+        admission: Admission::for_route(t, r),
     }
 }
 

@@ -14,8 +14,11 @@ pub use addr::{AddrError, BackendAddr};
 pub use host::{HostError, HostPattern, normalize_host};
 pub use ids::{IdError, RouteId, TenantId};
 pub use plan::{
-    CountedLimit, LimitOverrides, OnQuota, PlanLimits, WafLevel, check_count, default_plans,
-    derive_limits,
+    CountedLimit, LimitOverrides, OnQuota, PlanLimits, WafLevel, billing_period, check_count,
+    default_plans, derive_limits, rfc3339,
 };
-pub use route::{Algorithm, Backend, BackendState, HealthCheck, Route, Tenant, TlsFiles};
+pub use route::{
+    Algorithm, Backend, BackendState, HealthCheck, RateLimitKey, Route, RouteKind, RouteRateLimit,
+    Tenant, TenantPolicy, TlsFiles,
+};
 pub use snapshot::{Change, Conflict, Snapshot};

@@ -51,6 +51,87 @@ pub enum BackendState {
     Drain,
 }
 
+/// What a route carries, which decides the checks the proxy makes on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteKind {
+    /// Any HTTP traffic.
+    #[default]
+    Http,
+    /// An OpenAI-style LLM API: request bodies are checked against the tenant's policy and
+    /// responses are counted against its tokens-per-minute quota.
+    Llm,
+}
+
+impl RouteKind {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "http",
+            RouteKind::Llm => "llm",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "http" => Some(RouteKind::Http),
+            "llm" => Some(RouteKind::Llm),
+            _ => None,
+        }
+    }
+}
+
+/// Who shares one rate-limit bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RateLimitKey {
+    /// Every request to any of the tenant's routes.
+    Tenant,
+    /// Every request to this route.
+    #[default]
+    Route,
+    /// Each client address on this route.
+    ClientIp,
+    /// Each API key (`Authorization: Bearer …` or `X-Api-Key`) on this route; requests
+    /// without one are keyed by client address.
+    ApiKey,
+}
+
+impl RateLimitKey {
+    /// All keys.
+    pub const ALL: [RateLimitKey; 4] = [
+        RateLimitKey::Tenant,
+        RateLimitKey::Route,
+        RateLimitKey::ClientIp,
+        RateLimitKey::ApiKey,
+    ];
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitKey::Tenant => "tenant",
+            RateLimitKey::Route => "route",
+            RateLimitKey::ClientIp => "client_ip",
+            RateLimitKey::ApiKey => "api_key",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A route's own rate limit, replacing the plan's for this route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteRateLimit {
+    /// Sustained rate.
+    pub requests_per_minute: u64,
+    /// Requests allowed at once; `None` means `requests_per_minute`.
+    pub burst: Option<u64>,
+    /// Who shares a bucket.
+    pub key: RateLimitKey,
+}
+
 /// One upstream server of a route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Backend {
@@ -99,6 +180,10 @@ pub struct Route {
     pub path_prefix: Arc<str>,
     /// Backend selection.
     pub algorithm: Algorithm,
+    /// HTTP or LLM.
+    pub kind: RouteKind,
+    /// The route's own rate limit (boxed: most routes use the plan's).
+    pub ratelimit: Option<Box<RouteRateLimit>>,
     /// Certificate for the host, if served over TLS (boxed: most routes have none).
     pub tls: Option<Box<TlsFiles>>,
     /// Active health checks, if any (shared with the data plane's runtime route).
@@ -138,8 +223,29 @@ pub struct Tenant {
     pub limits: Option<Arc<PlanLimits>>,
     /// A suspended tenant's hosts answer `403 tenant_suspended`.
     pub suspended: bool,
+    /// Allowed models and tools on LLM routes (`None`: anything).
+    pub policy: Option<Arc<TenantPolicy>>,
+    /// Start of the subscription's first billing period (unix ms): monthly quotas reset on
+    /// this day of each month. `None` for a tenant not yet in the store (calendar months).
+    pub billing_anchor_ms: Option<u64>,
     /// The tenant's routes.
     pub routes: Vec<Route>,
+}
+
+/// What a tenant's LLM routes accept (seed 003's policies).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TenantPolicy {
+    /// Models a request may name (`None`: any).
+    pub allowed_models: Option<Box<[Box<str>]>>,
+    /// Tools a request may offer (`None`: any).
+    pub allowed_tools: Option<Box<[Box<str>]>>,
+}
+
+impl TenantPolicy {
+    /// Whether the policy restricts nothing.
+    pub fn is_open(&self) -> bool {
+        self.allowed_models.is_none() && self.allowed_tools.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,8 @@ mod tests {
             plan: plan.into(),
             limits: None,
             suspended: false,
+            policy: None,
+            billing_anchor_ms: None,
             routes: hosts
                 .iter()
                 .enumerate()
@@ -187,6 +189,8 @@ mod tests {
                     host: HostPattern::parse(h).unwrap(),
                     path_prefix: "/".into(),
                     algorithm: Algorithm::RoundRobin,
+                    kind: Default::default(),
+                    ratelimit: None,
                     tls: None,
                     health_check: None,
                     backends: vec![Backend {

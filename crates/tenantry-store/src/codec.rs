@@ -8,18 +8,19 @@ use tenantry_domain::{LimitOverrides, OnQuota, PlanLimits, WafLevel};
 use crate::StoreError;
 use crate::error::corrupt;
 
-const NUMERIC: [&str; 8] = [
+const NUMERIC: [&str; 9] = [
     "max_users",
     "max_routes",
     "max_backends_per_route",
     "max_domains",
     "max_workers",
     "requests_per_minute",
+    "burst",
     "tokens_per_minute",
     "bandwidth_gb_month",
 ];
 
-fn numeric(l: &PlanLimits) -> [Option<u64>; 8] {
+fn numeric(l: &PlanLimits) -> [Option<u64>; 9] {
     [
         l.max_users,
         l.max_routes,
@@ -27,12 +28,13 @@ fn numeric(l: &PlanLimits) -> [Option<u64>; 8] {
         l.max_domains,
         l.max_workers,
         l.requests_per_minute,
+        l.burst,
         l.tokens_per_minute,
         l.bandwidth_gb_month,
     ]
 }
 
-fn numeric_slots(l: &mut PlanLimits) -> [&mut Option<u64>; 8] {
+fn numeric_slots(l: &mut PlanLimits) -> [&mut Option<u64>; 9] {
     [
         &mut l.max_users,
         &mut l.max_routes,
@@ -40,12 +42,13 @@ fn numeric_slots(l: &mut PlanLimits) -> [&mut Option<u64>; 8] {
         &mut l.max_domains,
         &mut l.max_workers,
         &mut l.requests_per_minute,
+        &mut l.burst,
         &mut l.tokens_per_minute,
         &mut l.bandwidth_gb_month,
     ]
 }
 
-fn override_numeric(o: &LimitOverrides) -> [Option<Option<u64>>; 8] {
+fn override_numeric(o: &LimitOverrides) -> [Option<Option<u64>>; 9] {
     [
         o.max_users,
         o.max_routes,
@@ -53,12 +56,13 @@ fn override_numeric(o: &LimitOverrides) -> [Option<Option<u64>>; 8] {
         o.max_domains,
         o.max_workers,
         o.requests_per_minute,
+        o.burst,
         o.tokens_per_minute,
         o.bandwidth_gb_month,
     ]
 }
 
-fn override_slots(o: &mut LimitOverrides) -> [&mut Option<Option<u64>>; 8] {
+fn override_slots(o: &mut LimitOverrides) -> [&mut Option<Option<u64>>; 9] {
     [
         &mut o.max_users,
         &mut o.max_routes,
@@ -66,6 +70,7 @@ fn override_slots(o: &mut LimitOverrides) -> [&mut Option<Option<u64>>; 8] {
         &mut o.max_domains,
         &mut o.max_workers,
         &mut o.requests_per_minute,
+        &mut o.burst,
         &mut o.tokens_per_minute,
         &mut o.bandwidth_gb_month,
     ]

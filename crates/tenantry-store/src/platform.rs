@@ -592,18 +592,20 @@ impl<'a> PlatformStore<'a> {
         .map(sql::tenant_from_row)
         .collect::<Result<Vec<_>, _>>()?;
         let subs = sqlx::query(
-            "SELECT s.tenant_id, s.plan, s.overrides, p.limits \
+            "SELECT s.tenant_id, s.plan, s.overrides, s.period_start, p.limits \
              FROM subscriptions s JOIN plans p ON p.name = s.plan",
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut plans: HashMap<String, (String, PlanLimits)> = HashMap::with_capacity(subs.len());
+        let mut plans: HashMap<String, (String, PlanLimits, i64)> =
+            HashMap::with_capacity(subs.len());
         let mut cache: HashMap<String, PlanLimits> = HashMap::new();
         for row in &subs {
             use sqlx::Row;
             let tenant: String = row.try_get("tenant_id")?;
             let plan: String = row.try_get("plan")?;
             let overrides: String = row.try_get("overrides")?;
+            let anchor: i64 = row.try_get("period_start")?;
             let base = match cache.get(&plan) {
                 Some(l) => l.clone(),
                 None => {
@@ -621,21 +623,25 @@ impl<'a> PlatformStore<'a> {
                     .map_err(|e| crate::error::corrupt("overrides", e))?;
                 derive_limits(&base, &o)
             };
-            plans.insert(tenant, (plan, limits));
+            plans.insert(tenant, (plan, limits, anchor));
         }
         let mut routes = sql::fetch_all_routes(&mut tx).await?;
+        let mut policies = sql::fetch_all_policies(&mut tx).await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(tenants.len());
         for tenant in tenants {
-            let Some((plan, limits)) = plans.remove(tenant.id.as_str()) else {
+            let Some((plan, limits, billing_anchor_ms)) = plans.remove(tenant.id.as_str()) else {
                 tracing::warn!(tenant = %tenant.id, "tenant without a subscription: skipped");
                 continue;
             };
             let routes = routes.remove(tenant.id.as_str()).unwrap_or_default();
+            let policy = policies.remove(tenant.id.as_str());
             out.push(TenantState {
                 tenant,
                 plan,
                 limits,
+                policy,
+                billing_anchor_ms,
                 routes,
             });
         }
@@ -736,6 +742,30 @@ impl<'a> PlatformStore<'a> {
                         changed.insert(id.clone());
                     }
                 }
+            }
+            // The file's policy wins, like its routes (absent: unrestricted).
+            let policy = sql::fetch_policy(&mut tx, &t).await?;
+            if policy != spec.policy {
+                let text = spec.policy.as_ref().map(codec::to_text).transpose()?;
+                sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
+                    .bind(&t)
+                    .bind(text)
+                    .execute(&mut *tx)
+                    .await?;
+                let json = |p: Option<&tenantry_config::PolicySpec>| {
+                    serde_json::to_value(p).unwrap_or(Value::Null)
+                };
+                sql::write_audit(
+                    &mut tx,
+                    &actor,
+                    Some(&t),
+                    "tenant.policy",
+                    &t,
+                    Some(&json(policy.as_ref())),
+                    Some(&json(spec.policy.as_ref())),
+                )
+                .await?;
+                changed.insert(id.clone());
             }
             let mut wanted = spec.routes.clone();
             wanted.sort_by(|a, b| a.id.cmp(&b.id));
@@ -865,10 +895,13 @@ async fn load_one(conn: &mut AnyConnection, id: &str) -> Result<Option<TenantSta
     };
     let sub = sql::require_subscription(conn, id).await?;
     let routes = sql::fetch_routes(conn, id).await?;
+    let policy = sql::fetch_policy(conn, id).await?;
     Ok(Some(TenantState {
         tenant,
         plan: sub.plan,
         limits: sub.limits,
+        policy,
+        billing_anchor_ms: sub.period_start,
         routes,
     }))
 }

@@ -351,6 +351,10 @@ pub struct TenantState {
     pub plan: String,
     /// Its effective limits.
     pub limits: PlanLimits,
+    /// Its LLM policy.
+    pub policy: Option<tenantry_config::PolicySpec>,
+    /// Start of its subscription's first billing period (unix ms).
+    pub billing_anchor_ms: i64,
     /// Its routes, ordered by id.
     pub routes: Vec<RouteSpec>,
 }

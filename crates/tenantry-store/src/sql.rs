@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use tenantry_config::{BackendSpec, RouteSpec};
+use tenantry_config::{BackendSpec, PolicySpec, RouteSpec};
 use tenantry_domain::{CountedLimit, PlanLimits, Role, TenantId, check_count, derive_limits};
 
 use crate::StoreError;
@@ -61,7 +61,7 @@ macro_rules! audit_cols {
 }
 macro_rules! route_cols {
     () => {
-        "tenant_id, id, host, path_prefix, algorithm, tls, health_check"
+        "tenant_id, id, host, path_prefix, algorithm, kind, ratelimit, tls, health_check"
     };
 }
 macro_rules! backend_cols {
@@ -152,6 +152,7 @@ fn audit_from_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
 fn route_from_row(row: &AnyRow) -> Result<(String, RouteSpec), StoreError> {
     let tls: Option<String> = row.try_get("tls")?;
     let hc: Option<String> = row.try_get("health_check")?;
+    let ratelimit: Option<String> = row.try_get("ratelimit")?;
     Ok((
         row.try_get("tenant_id")?,
         RouteSpec {
@@ -159,6 +160,10 @@ fn route_from_row(row: &AnyRow) -> Result<(String, RouteSpec), StoreError> {
             host: row.try_get("host")?,
             path_prefix: row.try_get("path_prefix")?,
             algorithm: row.try_get("algorithm")?,
+            kind: row.try_get("kind")?,
+            ratelimit: ratelimit
+                .map(|s| codec::from_text("route rate limit", &s))
+                .transpose()?,
             tls: tls.map(|s| codec::from_text("route tls", &s)).transpose()?,
             health_check: hc
                 .map(|s| codec::from_text("route health check", &s))
@@ -219,6 +224,34 @@ pub(crate) async fn fetch_tenant(
     .as_ref()
     .map(tenant_from_row)
     .transpose()
+}
+
+/// The tenant's stored LLM policy.
+pub(crate) async fn fetch_policy(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<PolicySpec>, StoreError> {
+    let text: Option<Option<String>> =
+        sqlx::query_scalar("SELECT policy FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    text.flatten()
+        .map(|s| codec::from_text("tenant policy", &s))
+        .transpose()
+}
+
+/// Every tenant's stored LLM policy, keyed by tenant id.
+pub(crate) async fn fetch_all_policies(
+    conn: &mut AnyConnection,
+) -> Result<HashMap<String, PolicySpec>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, policy FROM tenants WHERE policy IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(id, text)| Ok((id, codec::from_text("tenant policy", &text)?)))
+        .collect()
 }
 
 /// Touches the tenant's row: takes SQLite's write lock (already held under `BEGIN IMMEDIATE`)
@@ -675,7 +708,7 @@ pub(crate) async fn insert_route(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO routes (tenant_id, id, host, path_prefix, algorithm, tls, health_check, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+         created_at, updated_at, kind, ratelimit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
     )
     .bind(tenant)
     .bind(&r.id)
@@ -685,6 +718,8 @@ pub(crate) async fn insert_route(
     .bind(optional_json(r.tls.as_deref())?)
     .bind(optional_json(r.health_check.as_deref())?)
     .bind(now)
+    .bind(r.kind.as_deref())
+    .bind(optional_json(r.ratelimit.as_ref())?)
     .execute(&mut *conn)
     .await
     .map_err(route_conflict(r))?;
@@ -700,7 +735,8 @@ pub(crate) async fn update_route(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE routes SET host = $3, path_prefix = $4, algorithm = $5, tls = $6, \
-         health_check = $7, updated_at = $8 WHERE tenant_id = $1 AND id = $2",
+         health_check = $7, updated_at = $8, kind = $9, ratelimit = $10 \
+         WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
     .bind(&r.id)
@@ -710,6 +746,8 @@ pub(crate) async fn update_route(
     .bind(optional_json(r.tls.as_deref())?)
     .bind(optional_json(r.health_check.as_deref())?)
     .bind(now)
+    .bind(r.kind.as_deref())
+    .bind(optional_json(r.ratelimit.as_ref())?)
     .execute(&mut *conn)
     .await
     .map_err(route_conflict(r))?;

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
-use tenantry_config::RouteSpec;
+use tenantry_config::{PolicySpec, RouteSpec};
 use tenantry_domain::{CountedLimit, Role, TenantId};
 
 use crate::records::{
@@ -98,6 +98,63 @@ impl<'a> TenantScope<'a> {
         .await?;
         tx.commit().await?;
         Ok(after)
+    }
+
+    /// Records something that happened to the tenant outside an API write (e.g. a quota
+    /// threshold reached by its traffic) as an audit entry; `details` goes in `after`.
+    pub async fn record_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        details: &Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        self.audit_row(&mut tx, actor, action, target, None, Some(details))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The tenant's LLM policy (`None`: unrestricted); `NotFound` if the tenant does not exist.
+    pub async fn policy(&self) -> Result<Option<PolicySpec>, StoreError> {
+        let mut tx = self.read().await?;
+        sql::fetch_tenant(&mut tx, self.t())
+            .await?
+            .ok_or_else(|| not_found("tenant", self.t()))?;
+        let p = sql::fetch_policy(&mut tx, self.t()).await?;
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    /// Replaces the tenant's LLM policy (`None` removes every restriction).
+    pub async fn set_policy(
+        &self,
+        actor: &Actor,
+        policy: Option<&PolicySpec>,
+    ) -> Result<Option<PolicySpec>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        sql::lock_tenant(&mut tx, self.t(), now).await?;
+        let before = sql::fetch_policy(&mut tx, self.t()).await?;
+        let text = policy.map(crate::codec::to_text).transpose()?;
+        sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
+            .bind(self.t())
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        let json = |p: Option<&PolicySpec>| serde_json::to_value(p).unwrap_or(Value::Null);
+        self.audit_row(
+            &mut tx,
+            actor,
+            "tenant.policy",
+            self.t(),
+            Some(&json(before.as_ref())),
+            Some(&json(policy)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(policy.cloned())
     }
 
     /// The subscription with its effective limits; `NotFound` if the tenant does not exist.

@@ -29,6 +29,23 @@ pub enum Command {
     Migrate(StoreArgs),
     /// Run sample echo backends (for trying Tenantry out, tests and benchmarks).
     DemoBackends(DemoArgs),
+    /// Inspect a cluster of nodes sharing Redis.
+    Cluster {
+        /// What to show.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `tenantry cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the nodes with their configuration version.
+    Status {
+        /// The cluster's Redis.
+        #[arg(long, env = "TENANTRY_REDIS", default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
 }
 
 /// `tenantry serve`.
@@ -48,6 +65,10 @@ pub struct ServeArgs {
     /// Start echo backends on every backend address of the configuration.
     #[arg(long)]
     pub demo_backends: bool,
+    /// Cluster mode: share rate limits, quotas and configuration changes through this Redis
+    /// (overrides `redis:` in the file).
+    #[arg(long, env = "TENANTRY_REDIS")]
+    pub redis: Option<String>,
     /// Control-plane store.
     #[command(flatten)]
     pub store: StoreArgs,

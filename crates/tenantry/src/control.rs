@@ -9,10 +9,11 @@ use anyhow::{Context, Result, bail};
 use tenantry_auth::{JwtAlgorithm, Throttle, TokenIssuer};
 use tenantry_config::{AuthSettings, GatewaySpec, TenantSpec};
 use tenantry_dataplane::{BoxFuture, ConfigSource, Gateway, ReloadError};
-use tenantry_domain::{Change, Role, Snapshot};
+use tenantry_domain::{Change, Role, Snapshot, TenantId};
 use tenantry_store::{Actor, NewUser, Store};
 
 use crate::cli::StoreArgs;
+use crate::cluster::Cluster;
 
 /// Opens (and migrates) the store named by the arguments.
 pub async fn open_store(args: &StoreArgs) -> Result<Store> {
@@ -145,12 +146,15 @@ pub struct StoreSource {
     pub store: Store,
     /// The configuration file.
     pub path: PathBuf,
+    /// The cluster to tell about the tenants the file changed.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl ConfigSource for StoreSource {
     fn load(&self) -> BoxFuture<Result<Snapshot, ReloadError>> {
         let store = self.store.clone();
         let path = self.path.clone();
+        let cluster = self.cluster.clone();
         Box::pin(async move {
             let base = base_dir(&path);
             let text = tokio::fs::read_to_string(&path)
@@ -158,14 +162,20 @@ impl ConfigSource for StoreSource {
                 .map_err(|e| ReloadError::Build(format!("cannot read {}: {e}", path.display())))?;
             let spec = tenantry_config::parse_yaml(&text).map_err(ReloadError::Invalid)?;
             tenantry_config::validate(&spec, &base).map_err(ReloadError::Invalid)?;
-            store
+            let changed = store
                 .platform()
                 .import_file_tenants(&file_tenants(&spec, &base))
                 .await
                 .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
-            tenantry_control::load_snapshot(&store, &base)
+            let snapshot = tenantry_control::load_snapshot(&store, &base)
                 .await
-                .map_err(|e| ReloadError::Build(format!("store: {e}")))
+                .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
+            // Other nodes reload these tenants from the store; this node applies the snapshot
+            // as soon as it is returned (the published change may arrive first: harmless).
+            if let Some(c) = cluster {
+                c.publish(changed.into_iter().map(|id| (id, None)).collect());
+            }
+            Ok(snapshot)
         })
     }
 }
@@ -178,8 +188,8 @@ pub fn base_dir(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The data plane of this process, as the control plane sees it.
-struct LocalDataPlane(Arc<Gateway>);
+/// The data plane of this process, as the control plane sees it, and the cluster it tells.
+struct LocalDataPlane(Arc<Gateway>, Option<Arc<Cluster>>);
 
 impl tenantry_control::DataPlane for LocalDataPlane {
     fn apply(&self, changes: Vec<Change>) -> Result<(), String> {
@@ -188,15 +198,27 @@ impl tenantry_control::DataPlane for LocalDataPlane {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+
+    fn announce(&self, tenant: &TenantId, config: Option<serde_json::Value>) {
+        if let Some(c) = &self.1 {
+            c.publish(vec![(tenant.clone(), config)]);
+        }
+    }
 }
 
 /// Mounts the admin API on the gateway's admin listener.
-pub fn mount_api(gw: &Arc<Gateway>, store: Store, tokens: TokenIssuer, base: PathBuf) {
+pub fn mount_api(
+    gw: &Arc<Gateway>,
+    store: Store,
+    tokens: TokenIssuer,
+    base: PathBuf,
+    cluster: Option<Arc<Cluster>>,
+) {
     let state = Arc::new(tenantry_control::AppState {
         store,
         tokens,
         throttle: Throttle::default(),
-        dataplane: Arc::new(LocalDataPlane(Arc::clone(gw))),
+        dataplane: Arc::new(LocalDataPlane(Arc::clone(gw), cluster)),
         base_dir: base,
     });
     let router = tenantry_control::router(state);

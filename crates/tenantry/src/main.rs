@@ -2,6 +2,7 @@
 //! library crates.
 
 mod cli;
+mod cluster;
 mod control;
 mod serve;
 
@@ -22,5 +23,8 @@ fn main() -> ExitCode {
         } => serve::check(&file),
         cli::Command::DemoBackends(args) => serve::demo_backends(args),
         cli::Command::Migrate(args) => serve::migrate(args),
+        cli::Command::Cluster {
+            command: cli::ClusterCommand::Status { redis },
+        } => serve::cluster_status(&redis),
     }
 }

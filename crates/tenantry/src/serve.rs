@@ -146,6 +146,12 @@ async fn shutdown_signal() -> &'static str {
 pub fn run(args: ServeArgs) -> ExitCode {
     init_tracing();
     let demo = args.demo_backends || args.config.is_none();
+    if let Some(url) = &args.redis
+        && let Err(e) = tenantry_config::validate_redis_url(url)
+    {
+        eprintln!("tenantry: --redis: {e}");
+        return ExitCode::FAILURE;
+    }
     let path = args
         .config
         .clone()
@@ -159,6 +165,20 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     report(runtime().and_then(|rt| rt.block_on(serve(args, path, spec, config, demo))))
+}
+
+/// `tenantry cluster status`.
+pub fn cluster_status(redis: &str) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(crate::cluster::status(redis))) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tenantry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `tenantry migrate`.
@@ -211,6 +231,9 @@ async fn serve(
         .await
         .context("cannot load tenants from the store")?;
     let tokens = control::token_issuer(&config.server.auth, &args.store.data_dir)?;
+    if let Some(url) = &args.redis {
+        config.server.redis = Some(url.clone());
+    }
 
     let (listeners, handover) = if args.upgrade {
         let socket = upgrade_socket(&args, &config.server, None)?;
@@ -224,11 +247,24 @@ async fn serve(
     let build_started = std::time::Instant::now();
     let server_settings = config.server.clone();
     let gw = Gateway::new(config, Some(path.clone())).context("cannot build the routing table")?;
+    let cluster = match &server_settings.redis {
+        Some(url) => Some(crate::cluster::Cluster::start(
+            url,
+            server_settings.cluster.node_id.clone(),
+            server_settings.cluster.config_ttl,
+            Arc::clone(&gw),
+            store.clone(),
+            base.clone(),
+        )?),
+        None => None,
+    };
+    crate::cluster::install_quota_sink(&gw, store.clone(), cluster.clone());
     gw.set_config_source(Arc::new(control::StoreSource {
         store: store.clone(),
         path: path.clone(),
+        cluster: cluster.clone(),
     }));
-    control::mount_api(&gw, store.clone(), tokens, base);
+    control::mount_api(&gw, store.clone(), tokens, base, cluster);
     let build_ms = build_started.elapsed().as_secs_f64() * 1e3;
     let table = gw.table();
     tracing::info!(

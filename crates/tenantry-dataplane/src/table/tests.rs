@@ -14,6 +14,8 @@ fn route(id: &str, host: &str, prefix: &str, port: u16) -> Route {
         host: HostPattern::parse(host).unwrap(),
         path_prefix: prefix.into(),
         algorithm: Algorithm::RoundRobin,
+        kind: Default::default(),
+        ratelimit: None,
         tls: None,
         health_check: None,
         backends: vec![Backend {
@@ -30,6 +32,8 @@ fn tenant(id: &str, routes: Vec<Route>) -> Tenant {
         plan: "free".into(),
         limits: None,
         suspended: false,
+        policy: None,
+        billing_anchor_ms: None,
         routes,
     }
 }

@@ -1,7 +1,7 @@
 //! The YAML file's tenants imported into the store.
 
 use tenantry_config::TenantSpec;
-use tenantry_store::{NewTenant, StoreError};
+use tenantry_store::{Actor, NewTenant, StoreError};
 
 use crate::support::*;
 
@@ -9,6 +9,7 @@ fn spec(id: &str, plan: Option<&str>, routes: Vec<tenantry_config::RouteSpec>) -
     TenantSpec {
         id: id.into(),
         plan: plan.map(Into::into),
+        policy: None,
         routes,
     }
 }
@@ -46,6 +47,50 @@ store_test!(
         file3[0].plan = Some("enterprise".into());
         assert_eq!(p.import_file_tenants(&file3).await.unwrap(), vec![tid("acme")]);
         assert_eq!(db.store.tenant(&tid("acme")).subscription().await.unwrap().plan, "enterprise");
+
+        // The file's policy wins too, is loaded with the tenant, and a removal is reported.
+        let mut file4 = file3.clone();
+        file4[0].policy = Some(tenantry_config::PolicySpec {
+            allowed_models: Some(vec!["gpt-4o-mini".into()]),
+            allowed_tools: None,
+        });
+        assert_eq!(p.import_file_tenants(&file4).await.unwrap(), vec![tid("acme")]);
+        let acme = p.load_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(acme.policy, file4[0].policy);
+        assert_eq!(acme.routes[1], full_route("web", "acme.example.com"), "kind and ratelimit round-trip");
+        let all = p.load_all().await.unwrap();
+        assert_eq!(all[0].policy, file4[0].policy);
+        assert_eq!(all[1].policy, None);
+        assert!(all[0].billing_anchor_ms > 0);
+        assert_eq!(p.import_file_tenants(&file3).await.unwrap(), vec![tid("acme")]);
+        assert_eq!(db.store.tenant(&tid("acme")).policy().await.unwrap(), None);
+    }
+);
+
+store_test!(
+    async fn policy_is_set_audited_and_cleared(db) {
+        tenant_with_owner(&db.store, "corp", "pro").await;
+        let t = db.store.tenant(&tid("corp"));
+        assert_eq!(t.policy().await.unwrap(), None);
+        let p = tenantry_config::PolicySpec {
+            allowed_models: Some(vec!["gpt-4o-mini".into(), "gpt-4o".into()]),
+            allowed_tools: Some(vec![]),
+        };
+        t.set_policy(&Actor::new("u1", None), Some(&p)).await.unwrap();
+        assert_eq!(t.policy().await.unwrap(), Some(p.clone()));
+        let audit = t.audit(10, None).await.unwrap();
+        assert_eq!(audit[0].action, "tenant.policy");
+        assert_eq!(audit[0].after.as_ref().unwrap()["allowed_tools"], serde_json::json!([]));
+        t.set_policy(&Actor::new("u1", None), None).await.unwrap();
+        assert_eq!(t.policy().await.unwrap(), None);
+        t.record_event(&Actor::new("gateway", None), "quota.warning", "tokens_per_minute", &serde_json::json!({"percent": 80}))
+            .await
+            .unwrap();
+        let audit = t.audit(10, None).await.unwrap();
+        assert_eq!(audit[0].action, "quota.warning");
+        assert_eq!(audit[0].actor, "gateway");
+        let missing = db.store.tenant(&tid("nope"));
+        assert!(matches!(missing.policy().await, Err(StoreError::NotFound { .. })));
     }
 );
 

@@ -211,6 +211,8 @@ pub fn route(id: &str, host: &str, backends: &[&str]) -> RouteSpec {
         host: host.into(),
         path_prefix: None,
         algorithm: None,
+        kind: None,
+        ratelimit: None,
         tls: None,
         health_check: None,
         backends: backends
@@ -231,6 +233,12 @@ pub fn full_route(id: &str, host: &str) -> RouteSpec {
         host: host.into(),
         path_prefix: Some("/api".into()),
         algorithm: Some("weighted_round_robin".into()),
+        kind: Some("llm".into()),
+        ratelimit: Some(tenantry_config::RateLimitSpec {
+            requests_per_minute: 600,
+            burst: Some(50),
+            key: Some("client_ip".into()),
+        }),
         tls: Some(Box::new(TlsSpec {
             cert: "certs/a.pem".into(),
             key: "certs/a.key".into(),

@@ -19,7 +19,7 @@ async fn distribution(t: &Tenantry, host: &str, n: usize) -> HashMap<String, usi
 async fn weighted_round_robin_follows_weights() {
     let b = echo_backends(2).await;
     let yaml = config(&format!(
-        "  - id: acme\n    routes:\n      - id: web\n        host: acme.localhost\n        algorithm: weighted_round_robin\n        backends: [ {{ address: {}, weight: 3 }}, {{ address: {}, weight: 1 }} ]\n",
+        "  - id: acme\n    plan: enterprise\n    routes:\n      - id: web\n        host: acme.localhost\n        algorithm: weighted_round_robin\n        backends: [ {{ address: {}, weight: 3 }}, {{ address: {}, weight: 1 }} ]\n",
         b[0].addr, b[1].addr
     ));
     let t = Tenantry::start(bin(), &yaml).await;

@@ -1,0 +1,573 @@
+//! Admission: what a request must pass between routing and the upstream. In order:
+//!
+//! 1. the **rate limit** (the route's own, or its tenant's plan's), one limiter decision;
+//! 2. the **bandwidth quota** of the tenant's billing month, read from this node's view of
+//!    the shared counter (refreshed every second by [`Quotas::flush`]);
+//! 3. on `kind: llm` routes: the body is read (bounded), parsed, checked against the tenant's
+//!    **policy** (allowed models and tools), and the **tokens-per-minute quota** is read from
+//!    the shared counter.
+//!
+//! The rules are data resolved when the table is built ([`Admission::for_route`]), from the
+//! tenant's snapshot: nothing is configured per tenant at run time, and a route without any
+//! rule pays nothing (`RouteRt::admission` is `None`).
+//!
+//! Counting happens when the response ends (see [`crate::body::Tap`]): bytes go to the
+//! tenant's bandwidth counter, and on LLM routes the tokens found in the response (or
+//! estimated) go to its tokens-per-minute counter. Crossing 80% or 100% of a quota emits a
+//! [`QuotaEvent`] exactly once per window, cluster-wide: the node whose addition crosses
+//! the line is the one that reports it (the counter is one atomic `INCRBY`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+use tenantry_domain::{
+    OnQuota, RateLimitKey, Route, RouteKind, Tenant, TenantId, TenantPolicy, billing_period,
+};
+use tenantry_limits::{Decision, Limiter, Rate};
+
+use crate::errors::ErrorCode;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One route's admission rules.
+#[derive(Debug)]
+pub struct Admission {
+    /// The rate limit, if any.
+    pub rate: Option<RateRule>,
+    /// HTTP or LLM.
+    pub kind: RouteKind,
+    /// The tenant's LLM tokens per minute (LLM routes only).
+    pub tokens_per_minute: Option<u64>,
+    /// The tenant's bandwidth per billing month, in bytes.
+    pub bandwidth_bytes: Option<u64>,
+    /// What happens at a quota.
+    pub on_quota: OnQuota,
+    /// The tenant's model and tool policy (LLM routes only).
+    pub policy: Option<Arc<TenantPolicy>>,
+    /// Start of the tenant's first billing period.
+    pub billing_anchor_ms: Option<u64>,
+}
+
+/// A resolved rate limit.
+#[derive(Debug)]
+pub struct RateRule {
+    /// The rate.
+    pub rate: Rate,
+    /// Who shares a bucket.
+    pub key: RateLimitKey,
+    /// `tn:rl:<tenant>:<route>:<kind>`, to which per-client keys append `:<id>`. Every node
+    /// builds the same key from the same snapshot.
+    pub prefix: Box<str>,
+}
+
+impl Admission {
+    /// The rules for route `r` of tenant `t`; `None` when nothing applies.
+    pub fn for_route(t: &Tenant, r: &Route) -> Option<Arc<Admission>> {
+        let limits = t.limits.as_deref();
+        let rate = match &r.ratelimit {
+            Some(rl) => Some(RateRule::new(
+                t,
+                r,
+                rl.requests_per_minute,
+                rl.burst,
+                rl.key,
+            )),
+            None => limits.and_then(|l| {
+                l.requests_per_minute
+                    .map(|rpm| RateRule::new(t, r, rpm, l.burst, RateLimitKey::Tenant))
+            }),
+        };
+        let llm = r.kind == RouteKind::Llm;
+        let tokens_per_minute = limits.and_then(|l| l.tokens_per_minute).filter(|_| llm);
+        let bandwidth_bytes = limits
+            .and_then(|l| l.bandwidth_gb_month)
+            .map(|gb| gb.saturating_mul(1_000_000_000));
+        let policy = t.policy.clone().filter(|_| llm);
+        if rate.is_none() && tokens_per_minute.is_none() && bandwidth_bytes.is_none() && !llm {
+            return None;
+        }
+        Some(Arc::new(Admission {
+            rate,
+            kind: r.kind,
+            tokens_per_minute,
+            bandwidth_bytes,
+            on_quota: limits.map(|l| l.on_quota).unwrap_or_default(),
+            policy,
+            billing_anchor_ms: t.billing_anchor_ms,
+        }))
+    }
+}
+
+impl RateRule {
+    fn new(t: &Tenant, r: &Route, rpm: u64, burst: Option<u64>, key: RateLimitKey) -> Self {
+        let prefix = match key {
+            RateLimitKey::Tenant => format!("tn:rl:{}:*:tenant", t.id),
+            RateLimitKey::Route => format!("tn:rl:{}:{}:route", t.id, r.id),
+            RateLimitKey::ClientIp => format!("tn:rl:{}:{}:ip", t.id, r.id),
+            RateLimitKey::ApiKey => format!("tn:rl:{}:{}:key", t.id, r.id),
+        };
+        RateRule {
+            rate: Rate::per_minute(rpm, burst.unwrap_or(rpm).max(1)),
+            key,
+            prefix: prefix.into_boxed_str(),
+        }
+    }
+
+    /// The limiter key for one request.
+    pub fn key_for(&self, client: IpAddr, headers: &HeaderMap) -> KeyBuf<'_> {
+        match self.key {
+            RateLimitKey::Tenant | RateLimitKey::Route => KeyBuf::Shared(&self.prefix),
+            RateLimitKey::ClientIp => KeyBuf::Owned(format!("{}:{client}", self.prefix)),
+            RateLimitKey::ApiKey => match api_key(headers) {
+                Some(k) => {
+                    // The key itself never reaches Redis: a SHA-256 prefix names its bucket.
+                    let digest = Sha256::digest(k);
+                    let mut s = String::with_capacity(self.prefix.len() + 20);
+                    s.push_str(&self.prefix);
+                    s.push(':');
+                    for b in &digest[..8] {
+                        let _ = write!(s, "{b:02x}");
+                    }
+                    KeyBuf::Owned(s)
+                }
+                None => KeyBuf::Owned(format!("{}:ip:{client}", self.prefix)),
+            },
+        }
+    }
+}
+
+/// A limiter key, borrowed when it is the rule's own.
+#[derive(Debug)]
+pub enum KeyBuf<'a> {
+    /// The rule's prefix as is.
+    Shared(&'a str),
+    /// A per-client key.
+    Owned(String),
+}
+
+impl KeyBuf<'_> {
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyBuf::Shared(s) => s,
+            KeyBuf::Owned(s) => s,
+        }
+    }
+}
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The caller's API key: `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+fn api_key(h: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = h.get(&X_API_KEY) {
+        return Some(v.as_bytes()).filter(|k| !k.is_empty());
+    }
+    let auth = h.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = auth.split_at(auth.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+        .filter(|k| !k.is_empty())
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `RateLimit-*` headers of a decision (draft-ietf-httpapi-ratelimit-headers):
+/// `RateLimit-Limit` is the sustained requests per minute, `RateLimit-Remaining` how many
+/// requests could be sent right now, `RateLimit-Reset` the seconds until the bucket is full
+/// again, and `RateLimit-Policy` describes the rule (`60;w=60;burst=10`). A refusal adds
+/// `Retry-After` (whole seconds, rounded up).
+pub fn rate_headers(d: &Decision, rate: &Rate, h: &mut HeaderMap) {
+    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+    h.insert(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(ceil_secs(d.reset_after)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{};w={};burst={}",
+        rate.per_period,
+        rate.period.as_secs().max(1),
+        rate.burst
+    )) {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    if !d.allowed {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(d.retry_after).max(1)),
+        );
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).try_into().unwrap_or(u64::MAX)
+}
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// Which quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaKind {
+    /// LLM tokens per minute.
+    TokensPerMinute,
+    /// Bytes per billing month.
+    BandwidthMonth,
+}
+
+impl QuotaKind {
+    /// Wire name (the plan's limit name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaKind::TokensPerMinute => "tokens_per_minute",
+            QuotaKind::BandwidthMonth => "bandwidth_gb_month",
+        }
+    }
+}
+
+/// A quota crossed 80% or 100% in its window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaEvent {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Which quota.
+    pub quota: QuotaKind,
+    /// 80 or 100.
+    pub percent: u8,
+    /// Usage after the addition that crossed the line.
+    pub used: u64,
+    /// The quota.
+    pub limit: u64,
+    /// Window start and end, unix ms.
+    pub window: (u64, u64),
+    /// The plan's `on_quota` (`notify` asks the owner to upgrade).
+    pub on_quota: OnQuota,
+}
+
+/// Receives quota events (the binary records them in the audit log and publishes them).
+pub type QuotaSink = Arc<dyn Fn(QuotaEvent) + Send + Sync>;
+
+/// A refusal: the error and what the body and headers say besides the code.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Error code (status).
+    pub code: ErrorCode,
+    /// Extra JSON members of the body, already encoded (`,"quota":"…"`).
+    pub extra: String,
+    /// `Retry-After` seconds, if the refusal sets it.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// A refusal without extras.
+    pub fn plain(code: ErrorCode) -> Self {
+        Refusal {
+            code,
+            extra: String::new(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Appends `,"name":<json string>` to `out`.
+pub fn json_member(out: &mut String, name: &str, value: &str) {
+    let _ = write!(out, ",\"{name}\":{}", serde_json::Value::from(value));
+}
+
+/// A quota is spent: what `on_quota` makes of it. `Ok` lets the request through.
+pub fn quota_reached(
+    on_quota: OnQuota,
+    quota: QuotaKind,
+    window: (u64, u64),
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let code = match on_quota {
+        OnQuota::Log | OnQuota::Notify => return Ok(()),
+        OnQuota::Throttle => ErrorCode::QuotaThrottled,
+        OnQuota::Block => ErrorCode::QuotaExceeded,
+    };
+    let mut r = Refusal::plain(code);
+    json_member(&mut r.extra, "quota", quota.as_str());
+    let _ = write!(r.extra, ",\"resets_at\":{}", window.1 / 1000);
+    json_member(
+        &mut r.extra,
+        "resets_at_rfc3339",
+        &tenantry_domain::rfc3339(window.1),
+    );
+    if code == ErrorCode::QuotaThrottled {
+        let secs = window.1.saturating_sub(now_ms).div_ceil(1000).max(1);
+        r.retry_after = Some(secs);
+    }
+    Err(r)
+}
+
+/// The minute window containing `now_ms`.
+pub fn minute_window(now_ms: u64) -> (u64, u64) {
+    let start = now_ms - now_ms % 60_000;
+    (start, start + 60_000)
+}
+
+/// The Redis/local counter key of a tenant's quota window.
+pub fn quota_key(tenant: &TenantId, quota: QuotaKind, window_start: u64) -> String {
+    match quota {
+        QuotaKind::TokensPerMinute => format!("tn:q:{tenant}:tpm:{}", window_start / 60_000),
+        QuotaKind::BandwidthMonth => format!("tn:q:{tenant}:bw:{window_start}"),
+    }
+}
+
+/// The thresholds an addition crossed (80 and/or 100).
+pub fn crossed(before: u64, after: u64, limit: u64) -> impl Iterator<Item = u8> {
+    [80_u8, 100].into_iter().filter(move |p| {
+        let line = limit.saturating_mul(u64::from(*p)).div_ceil(100);
+        limit > 0 && before < line && after >= line
+    })
+}
+
+#[derive(Debug)]
+struct Bandwidth {
+    pending: u64,
+    used: u64,
+    limit: u64,
+    window: (u64, u64),
+    anchor: Option<u64>,
+    on_quota: OnQuota,
+}
+
+/// Quota accounting shared by the workers: pending bandwidth per tenant, this node's view of
+/// the shared totals, and the event sink.
+#[derive(Default)]
+pub struct Quotas {
+    bandwidth: Mutex<FastMap<TenantId, Bandwidth>>,
+    sink: OnceLock<QuotaSink>,
+}
+
+impl std::fmt::Debug for Quotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quotas").finish_non_exhaustive()
+    }
+}
+
+impl Quotas {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<TenantId, Bandwidth>> {
+        self.bandwidth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets where quota events go (once).
+    pub fn set_sink(&self, sink: QuotaSink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Reports an event to the sink, the metrics and the log.
+    pub fn emit(&self, metrics: &crate::metrics::MetricsRegistry, e: QuotaEvent) {
+        let i = match e.quota {
+            QuotaKind::TokensPerMinute => 0,
+            QuotaKind::BandwidthMonth => 2,
+        } + usize::from(e.percent == 100);
+        metrics.global.quota_events[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            tenant = %e.tenant,
+            quota = e.quota.as_str(),
+            percent = e.percent,
+            used = e.used,
+            limit = e.limit,
+            on_quota = e.on_quota.as_str(),
+            "quota threshold reached"
+        );
+        if let Some(s) = self.sink.get() {
+            s(e);
+        }
+    }
+
+    /// Whether the tenant's bandwidth for the current billing period is spent (this node's
+    /// view, at most a flush interval old).
+    pub fn bandwidth_window(
+        &self,
+        tenant: &TenantId,
+        a: &Admission,
+        now_ms: u64,
+    ) -> Option<(u64, u64)> {
+        let limit = a.bandwidth_bytes?;
+        let map = self.lock();
+        let b = map.get(tenant)?;
+        let window = billing_period(a.billing_anchor_ms, now_ms);
+        (b.window == window && b.used >= limit).then_some(window)
+    }
+
+    /// Adds a finished request's bytes to its tenant's pending bandwidth.
+    pub fn add_bandwidth(&self, tenant: &TenantId, a: &Admission, bytes: u64, now_ms: u64) {
+        let Some(limit) = a.bandwidth_bytes else {
+            return;
+        };
+        if bytes == 0 {
+            return;
+        }
+        let mut map = self.lock();
+        match map.get_mut(tenant) {
+            Some(b) => {
+                b.pending += bytes;
+                b.limit = limit;
+                b.anchor = a.billing_anchor_ms;
+                b.on_quota = a.on_quota;
+            }
+            None => {
+                map.insert(
+                    tenant.clone(),
+                    Bandwidth {
+                        pending: bytes,
+                        used: 0,
+                        limit,
+                        window: billing_period(a.billing_anchor_ms, now_ms),
+                        anchor: a.billing_anchor_ms,
+                        on_quota: a.on_quota,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Pushes pending bandwidth to the counters (one addition per tenant with traffic) and
+    /// refreshes this node's view of the totals. Runs every second.
+    pub async fn flush(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
+        let now = unix_ms();
+        type Pending = (TenantId, u64, (u64, u64), u64, OnQuota);
+        let batch: Vec<Pending> = {
+            let mut map = self.lock();
+            // Tenants idle for a whole period are forgotten.
+            map.retain(|_, b| b.pending > 0 || b.window.1 > now);
+            map.iter_mut()
+                .filter(|(_, b)| b.pending > 0)
+                .map(|(t, b)| {
+                    let window = billing_period(b.anchor, now);
+                    let pending = std::mem::take(&mut b.pending);
+                    (t.clone(), pending, window, b.limit, b.on_quota)
+                })
+                .collect()
+        };
+        for (tenant, pending, window, limit, on_quota) in batch {
+            let key = quota_key(&tenant, QuotaKind::BandwidthMonth, window.0);
+            // Kept a week past the period's end, for the record.
+            let ttl = Duration::from_millis(window.1.saturating_sub(now) + 7 * 86_400_000);
+            let total = limiter.add(&key, pending, ttl).await;
+            for percent in crossed(total.saturating_sub(pending), total, limit) {
+                self.emit(
+                    metrics,
+                    QuotaEvent {
+                        tenant: tenant.clone(),
+                        quota: QuotaKind::BandwidthMonth,
+                        percent,
+                        used: total,
+                        limit,
+                        window,
+                        on_quota,
+                    },
+                );
+            }
+            if let Some(b) = self.lock().get_mut(&tenant) {
+                b.used = total;
+                b.window = window;
+            }
+        }
+    }
+
+    /// Adds an LLM response's tokens to the tenant's counter of the current minute and
+    /// reports a crossed threshold.
+    pub async fn add_tokens(
+        &self,
+        limiter: &Limiter,
+        metrics: &crate::metrics::MetricsRegistry,
+        tenant: &TenantId,
+        a: &Admission,
+        tokens: u64,
+    ) {
+        let Some(limit) = a.tokens_per_minute else {
+            return;
+        };
+        if tokens == 0 {
+            return;
+        }
+        let window = minute_window(unix_ms());
+        let key = quota_key(tenant, QuotaKind::TokensPerMinute, window.0);
+        let total = limiter.add(&key, tokens, Duration::from_secs(120)).await;
+        for percent in crossed(total.saturating_sub(tokens), total, limit) {
+            self.emit(
+                metrics,
+                QuotaEvent {
+                    tenant: tenant.clone(),
+                    quota: QuotaKind::TokensPerMinute,
+                    percent,
+                    used: total,
+                    limit,
+                    window,
+                    on_quota: a.on_quota,
+                },
+            );
+        }
+    }
+
+    /// Tokens the tenant used in the current minute, and the minute.
+    pub async fn tokens_used(&self, limiter: &Limiter, tenant: &TenantId) -> (u64, (u64, u64)) {
+        let window = minute_window(unix_ms());
+        let key = quota_key(tenant, QuotaKind::TokensPerMinute, window.0);
+        (limiter.get(&key).await, window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_crossed_once() {
+        assert_eq!(crossed(0, 79, 100).collect::<Vec<_>>(), Vec::<u8>::new());
+        assert_eq!(crossed(79, 80, 100).collect::<Vec<_>>(), vec![80]);
+        assert_eq!(crossed(80, 99, 100).collect::<Vec<_>>(), Vec::<u8>::new());
+        assert_eq!(crossed(50, 150, 100).collect::<Vec<_>>(), vec![80, 100]);
+        assert_eq!(crossed(100, 200, 100).collect::<Vec<_>>(), Vec::<u8>::new());
+        assert_eq!(crossed(0, 10, 0).collect::<Vec<_>>(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn api_keys_are_read_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_key(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  tn_abc "),
+        );
+        assert_eq!(api_key(&h), Some(&b"tn_abc"[..]));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(api_key(&h), None);
+        h.insert(X_API_KEY.clone(), HeaderValue::from_static("k1"));
+        assert_eq!(api_key(&h), Some(&b"k1"[..]));
+    }
+
+    #[test]
+    fn quota_refusals_follow_on_quota() {
+        let w = (60_000, 120_000);
+        assert!(quota_reached(OnQuota::Log, QuotaKind::TokensPerMinute, w, 70_000).is_ok());
+        assert!(quota_reached(OnQuota::Notify, QuotaKind::TokensPerMinute, w, 70_000).is_ok());
+        let t =
+            quota_reached(OnQuota::Throttle, QuotaKind::TokensPerMinute, w, 70_000).unwrap_err();
+        assert_eq!(t.code, ErrorCode::QuotaThrottled);
+        assert_eq!(t.retry_after, Some(50));
+        assert!(t.extra.contains("\"quota\":\"tokens_per_minute\""));
+        let b = quota_reached(OnQuota::Block, QuotaKind::BandwidthMonth, w, 70_000).unwrap_err();
+        assert_eq!(b.code, ErrorCode::QuotaExceeded);
+        assert_eq!(b.retry_after, None);
+        assert!(b.extra.contains("\"resets_at\":120"), "{}", b.extra);
+    }
+}

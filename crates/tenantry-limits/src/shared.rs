@@ -1,0 +1,316 @@
+//! The Redis backend: connection handling, the Lua scripts and the error "circuit" that makes
+//! callers skip Redis for a while after a failure.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{OnceLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisResult, Script};
+
+use crate::local::{Clock, Outcome, Params};
+use crate::{Inner, LimitsError, Rate, RedisOptions};
+
+/// The GCRA decision, in microseconds, with the server's clock.
+///
+/// `KEYS[1]`: the key. `ARGV[1]`: emission interval T (µs). `ARGV[2]`: tolerance tau (µs).
+/// `ARGV[3]` (optional, used by the parity tests only): "now" in µs instead of `TIME`.
+/// Returns `{allowed (0|1), remaining, reset_after_us, retry_after_us}`. A rejected request
+/// writes nothing. The key lives exactly until the bucket is full again.
+pub(crate) const GCRA_LUA: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local now
+if ARGV[3] then
+  now = tonumber(ARGV[3])
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + t
+local diff = new_tat - now
+if diff <= tau then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat),
+    'PX', string.format('%d', math.max(1, math.ceil(diff / 1000))))
+  return {1, math.floor((tau - diff) / t), diff, 0}
+end
+return {0, 0, tat - now, new_tat - tau - now}
+";
+
+/// A fixed-window counter: `KEYS[1]` the counter, `ARGV[1]` the amount, `ARGV[2]` the TTL in
+/// ms. The TTL is set only when the key has none, i.e. when INCRBY just created it, so the
+/// window is fixed from the first add. Returns the new total.
+pub(crate) const COUNTER_LUA: &str = r"
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+";
+
+/// Emission interval and tolerance caps in µs (2^49 µs ≈ 17.8 years), so every number the
+/// script handles (now ≈ 2^51 µs in this century, plus tat and T) stays below 2^53.
+pub(crate) const CAP_US: u64 = 1 << 49;
+
+/// Circuit state: Redis is used.
+const CLOSED: u64 = 0;
+/// Circuit state: one caller is probing Redis; everyone else uses the fallback.
+const PROBING: u64 = u64::MAX;
+/// At most one warning per this many nanoseconds.
+const WARN_EVERY_NS: u64 = 1_000_000_000;
+
+/// GCRA parameters of `rate` in µs for the script.
+pub(crate) fn params_us(rate: Rate) -> Option<Params> {
+    Params::of(rate, 1000, CAP_US)
+}
+
+/// The script's reply as an [`Outcome`] (µs); `new_tat` is not returned and left 0.
+pub(crate) fn outcome_from_reply(r: (i64, i64, i64, i64)) -> Outcome {
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    Outcome {
+        allowed: r.0 == 1,
+        remaining: u(r.1),
+        reset_after: u(r.2),
+        retry_after: u(r.3),
+        new_tat: 0,
+    }
+}
+
+/// Everything the Redis kind of limiter needs besides the local fallback.
+pub(crate) struct RedisBackend {
+    pub(crate) opts: RedisOptions,
+    /// Set once by the background connector; the manager reconnects by itself afterwards.
+    conn: OnceLock<ConnectionManager>,
+    /// Flips to true when `conn` is set, for callers that wait for the first connection.
+    connected: tokio::sync::watch::Sender<bool>,
+    pub(crate) gcra: Script,
+    pub(crate) counter: Script,
+    /// [`CLOSED`], [`PROBING`], or the clock time (ns) until which Redis is skipped.
+    circuit: AtomicU64,
+    up: AtomicBool,
+    errors: AtomicU64,
+    /// Clock time of the last warning plus one (0: never warned).
+    last_warn: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RedisBackend {
+    pub(crate) fn new(opts: RedisOptions) -> Self {
+        Self {
+            opts,
+            conn: OnceLock::new(),
+            connected: tokio::sync::watch::Sender::new(false),
+            gcra: Script::new(GCRA_LUA),
+            counter: Script::new(COUNTER_LUA),
+            circuit: AtomicU64::new(CLOSED),
+            up: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            last_warn: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The connection manager's settings: the per-command timeout for connecting and for
+    /// answers, and a short reconnect backoff (the circuit already spaces out attempts).
+    pub(crate) fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.opts.timeout))
+            .set_response_timeout(Some(self.opts.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(100))
+    }
+
+    fn mark_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+        self.circuit.store(CLOSED, Ordering::Release);
+    }
+
+    /// Counts a failure, logs it (at most once a second) and opens the circuit for
+    /// `retry_interval`.
+    fn record_failure(&self, err: &LimitsError, now: u64) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.up.store(false, Ordering::Relaxed);
+        let retry_ns = u64::try_from(self.opts.retry_interval.as_nanos()).unwrap_or(u64::MAX);
+        // Never CLOSED (0) nor PROBING (MAX).
+        let until = now.saturating_add(retry_ns).clamp(1, PROBING - 1);
+        self.circuit.store(until, Ordering::Release);
+        self.warn(err, now);
+    }
+
+    fn warn(&self, err: &LimitsError, now: u64) {
+        let last = self.last_warn.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last - 1) >= WARN_EVERY_NS;
+        if due
+            && self
+                .last_warn
+                .compare_exchange(
+                    last,
+                    now.saturating_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                error = %err,
+                suppressed,
+                on_error = self.opts.on_error.as_str(),
+                retry_in_ms = u64::try_from(self.opts.retry_interval.as_millis()).unwrap_or(u64::MAX),
+                "rate limit backend (redis) failed; using the fallback"
+            );
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one Redis operation under the circuit and the timeout. `Err(())` means "use the
+    /// fallback" (the failure, if there was one, has been counted and logged).
+    ///
+    /// `op` may be called twice: once more when the first call failed because the connection
+    /// was refused (the command never reached a server, e.g. the manager's previous reconnect
+    /// had failed and this call started a new one).
+    pub(crate) async fn call<T, F, Fut>(&self, clock: &Clock, op: F) -> Result<T, ()>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let state = self.circuit.load(Ordering::Acquire);
+        // Dropped at the end: if this caller was the prober and neither branch below moved the
+        // circuit (the future was cancelled), the guard re-opens it.
+        let mut _probe = None;
+        if state != CLOSED {
+            // PROBING is larger than any clock value, so it always skips.
+            if clock.now_ns() < state
+                || self
+                    .circuit
+                    .compare_exchange(state, PROBING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return Err(());
+            }
+            _probe = Some(ProbeGuard {
+                backend: self,
+                clock,
+            });
+        }
+        let result = match tokio::time::timeout(self.opts.timeout, self.attempt(&op)).await {
+            Ok(r) => r,
+            Err(_) => Err(LimitsError::Timeout(self.opts.timeout)),
+        };
+        match result {
+            Ok(v) => {
+                self.mark_up();
+                Ok(v)
+            }
+            Err(e) => {
+                self.record_failure(&e, clock.now_ns());
+                Err(())
+            }
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, op: &F) -> Result<T, LimitsError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = match self.conn.get() {
+            Some(c) => c.clone(),
+            None => self.wait_connected().await?,
+        };
+        match op(conn.clone()).await {
+            Err(e) if e.is_connection_refusal() => Ok(op(conn).await?),
+            r => Ok(r?),
+        }
+    }
+
+    /// Waits (bounded by the caller's timeout) for the background connector.
+    async fn wait_connected(&self) -> Result<ConnectionManager, LimitsError> {
+        let mut rx = self.connected.subscribe();
+        // The sender lives in `self`, so this only returns once connected.
+        let _ = rx.wait_for(|c| *c).await;
+        self.conn.get().cloned().ok_or(LimitsError::NotConnected)
+    }
+
+    fn set_connection(&self, conn: ConnectionManager) {
+        let _ = self.conn.set(conn);
+        self.mark_up();
+        self.connected.send_replace(true);
+    }
+}
+
+/// Re-opens the circuit if a probing caller is cancelled (its future dropped) mid-probe, so
+/// that Redis is tried again later instead of never.
+struct ProbeGuard<'a> {
+    backend: &'a RedisBackend,
+    clock: &'a Clock,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        let retry_ns =
+            u64::try_from(self.backend.opts.retry_interval.as_nanos()).unwrap_or(u64::MAX);
+        let until = self
+            .clock
+            .now_ns()
+            .saturating_add(retry_ns)
+            .clamp(1, PROBING - 1);
+        let _ = self.backend.circuit.compare_exchange(
+            PROBING,
+            until,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The background task that makes the first connection, retrying every `retry_interval`
+/// until it succeeds or the limiter is dropped. After that the [`ConnectionManager`]
+/// reconnects by itself.
+pub(crate) async fn connect_loop(inner: Weak<Inner>, client: redis::Client) {
+    loop {
+        let (config, retry) = {
+            let Some(inner) = inner.upgrade() else { return };
+            let Some(b) = inner.redis.as_ref() else {
+                return;
+            };
+            (b.manager_config(), b.opts.retry_interval)
+        };
+        let attempt = ConnectionManager::new_with_config(client.clone(), config).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(b) = inner.redis.as_ref() else {
+            return;
+        };
+        match attempt {
+            Ok(mut conn) => {
+                // Load both scripts up front so the first decisions are plain EVALSHA calls;
+                // `Script` reloads them by itself after a SCRIPT FLUSH or a restart.
+                for script in [&b.gcra, &b.counter] {
+                    if let Err(e) = script.prepare_invoke().load_async(&mut conn).await {
+                        tracing::debug!(error = %e, "could not preload a rate limit script");
+                    }
+                }
+                b.set_connection(conn);
+                tracing::debug!("rate limit backend (redis) connected");
+                return;
+            }
+            Err(e) => b.record_failure(&LimitsError::Redis(e), inner.clock.now_ns()),
+        }
+        drop(inner);
+        tokio::time::sleep(retry.max(Duration::from_millis(10))).await;
+    }
+}

@@ -1,0 +1,210 @@
+//! Parity of the Lua script with the Rust GCRA (needs Redis at 127.0.0.1:6379).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crate::Rate;
+use crate::local::{Outcome, gcra};
+use crate::shared::{COUNTER_LUA, GCRA_LUA, outcome_from_reply, params_us};
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+async fn conn_or_skip() -> Option<redis::aio::MultiplexedConnection> {
+    let conn = async {
+        let c = redis::Client::open(URL).ok()?;
+        tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection())
+            .await
+            .ok()?
+            .ok()
+    }
+    .await;
+    if conn.is_none() {
+        let reason = format!("redis is not reachable at {URL}");
+        assert!(
+            std::env::var("TENANTRY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{reason} (TENANTRY_REQUIRE_SERVICES=1)"
+        );
+        eprintln!("skipped: {reason}");
+    }
+    conn
+}
+
+fn prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("tn:test:{name}:{}:{nanos}:", std::process::id())
+}
+
+#[tokio::test]
+async fn lua_matches_rust_gcra() {
+    let Some(mut conn) = conn_or_skip().await else {
+        return;
+    };
+    let p = prefix("parity");
+    let script = redis::Script::new(GCRA_LUA);
+    let base: u64 = 1_700_000_000_000_000;
+    let ms = 1000u64;
+    let rates = [
+        Rate::per_second(10, 5),
+        Rate::per_minute(60, 50),
+        Rate::per_second(7, 3),
+        Rate::new(1, Duration::from_secs(3600), 1),
+        Rate::per_second(1000, 0),
+        Rate::new(3, Duration::from_millis(10), 2),
+    ];
+    let steps = [
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        50 * ms,
+        50 * ms,
+        99 * ms,
+        250 * ms,
+        250 * ms,
+        250 * ms,
+        1000 * ms,
+        1001 * ms,
+        10_000 * ms,
+        10_000 * ms,
+        7_200_000 * ms,
+    ];
+    let mut keys = Vec::new();
+    let mut mismatches = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let key = format!("{p}{i}");
+        keys.push(key.clone());
+        let params = params_us(*rate).unwrap();
+        let mut stored = 0u64;
+        for (j, off) in steps.iter().enumerate() {
+            let now = base + off;
+            let want: Outcome = gcra(stored, now, params);
+            // The script's PX is relative to the server's real clock while `now` here is fake:
+            // a short-lived key can expire between two steps when the machine is slow. Give
+            // the script exactly the state the Rust side has.
+            if stored != 0 {
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(stored)
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            let reply: (i64, i64, i64, i64) = script
+                .key(&key)
+                .arg(params.t)
+                .arg(params.tau)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .unwrap();
+            let got = outcome_from_reply(reply);
+            let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
+            if fields(&got) != fields(&want) {
+                mismatches.push(format!(
+                    "rate {rate:?} step {j} (+{off} us): lua {:?} rust {:?}",
+                    fields(&got),
+                    fields(&want)
+                ));
+            }
+            if want.allowed {
+                stored = want.new_tat;
+            }
+            let tat: Option<u64> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if stored != 0 {
+                // the key may have expired in real time for short rates; when present it is exact
+                if let Some(tat) = tat.filter(|t| *t != stored) {
+                    mismatches.push(format!(
+                        "rate {rate:?} step {j}: stored tat {tat}, rust {stored}"
+                    ));
+                }
+            }
+        }
+    }
+    // Clean up before asserting, so a failure leaves no keys behind.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
+#[tokio::test]
+async fn counter_script_sets_ttl_only_once() {
+    let Some(mut conn) = conn_or_skip().await else {
+        return;
+    };
+    let key = format!("{}c", prefix("counter"));
+    let script = redis::Script::new(COUNTER_LUA);
+    let v: i64 = script
+        .key(&key)
+        .arg(2)
+        .arg(10_000)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    let v: i64 = script
+        .key(&key)
+        .arg(3)
+        .arg(60_000)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 10_000, "pttl {pttl}");
+    // A key left without expiry (e.g. by someone else's INCR) gets one on the next add.
+    let _: () = redis::cmd("PERSIST")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let v: i64 = script
+        .key(&key)
+        .arg(1)
+        .arg(5_000)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, 6);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 5_000, "pttl {pttl}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn params_in_microseconds() {
+    let p = params_us(Rate::per_second(10, 5)).unwrap();
+    assert_eq!((p.t, p.tau), (100_000, 500_000));
+    assert!(params_us(Rate::per_second(0, 5)).is_none());
+    // rates beyond one per microsecond saturate at T = 1 us
+    let p = params_us(Rate::per_second(10_000_000, 3)).unwrap();
+    assert_eq!((p.t, p.tau), (1, 3));
+    let p = params_us(Rate::new(1, Duration::MAX, u64::MAX)).unwrap();
+    assert_eq!((p.t, p.tau), (crate::shared::CAP_US, crate::shared::CAP_US));
+}

@@ -1,0 +1,368 @@
+//! The Redis backend against a real Redis: the shared one at 127.0.0.1:6379, and throw-away
+//! `redis-server` processes for the failure tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    RATE, RedisServer, burst_then_refill, cleanup, free_port, raw_conn, redis_or_skip,
+    redis_server_or_skip, unique_prefix,
+};
+use tenantry_limits::{Decision, Limiter, OnBackendError, Rate, RedisOptions, Source};
+
+fn opts(url: &str, on_error: OnBackendError) -> RedisOptions {
+    RedisOptions {
+        on_error,
+        ..RedisOptions::new(url)
+    }
+}
+
+/// Waits until `l` reports the backend up (first connection made).
+async fn wait_up(l: &Limiter, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !l.backend_up() {
+        assert!(Instant::now() < deadline, "redis limiter did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks `key` until a decision comes from Redis; returns how long that took.
+async fn wait_shared(l: &Limiter, key: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let d = l.check(key, Rate::per_second(1000, 1000)).await;
+        if d.source == Source::Shared {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {:?} after {within:?}",
+            d.source
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_burst_then_refill() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("burst");
+    let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    assert!(l.is_shared());
+    wait_up(&l, Duration::from_secs(3)).await;
+    let key = format!("{prefix}k");
+    burst_then_refill(&l, &key, Source::Shared).await;
+
+    // The key expires when the bucket is full again (PEXPIRE = reset_after).
+    let mut conn = raw_conn(&url).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 500, "pttl {pttl}");
+    assert_eq!(l.backend_errors(), 0);
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_key_expires_when_full() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("expiry");
+    let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    let key = format!("{prefix}k");
+    let r = Rate::per_second(20, 2);
+    assert!(l.check(&key, r).await.allowed);
+    assert!(l.check(&key, r).await.allowed);
+    let mut conn = raw_conn(&url).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "key should expire after reset_after (100 ms)");
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_two_nodes_share_the_count() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("nodes");
+    let a = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    let b = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&a, Duration::from_secs(3)).await;
+    wait_up(&b, Duration::from_secs(3)).await;
+    let key = format!("{prefix}shared");
+    let rate = Rate::per_minute(60, 50);
+    let (mut allowed_a, mut allowed_b) = (0u64, 0u64);
+    for i in 0..300 {
+        let (l, n) = if i % 2 == 0 {
+            (&a, &mut allowed_a)
+        } else {
+            (&b, &mut allowed_b)
+        };
+        let d = l.check(&key, rate).await;
+        assert_eq!(d.source, Source::Shared);
+        *n += u64::from(d.allowed);
+    }
+    let total = allowed_a + allowed_b;
+    assert!((50..=51).contains(&total), "allowed {total}");
+    assert!(
+        allowed_a >= 24 && allowed_b >= 24,
+        "{allowed_a} / {allowed_b}"
+    );
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_concurrent_checks_are_atomic() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("atomic");
+    let a = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    let b = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&a, Duration::from_secs(3)).await;
+    wait_up(&b, Duration::from_secs(3)).await;
+    let key = format!("{prefix}k");
+    let rate = Rate::per_minute(60, 40);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move { l.check(&key, rate).await }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        let d: Decision = t.await.unwrap();
+        assert_eq!(d.source, Source::Shared, "{d:?}");
+        allowed += u32::from(d.allowed);
+    }
+    assert!((40..=41).contains(&allowed), "allowed {allowed}");
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_works_after_script_flush() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("flush");
+    let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    let key = format!("{prefix}k");
+    let r = Rate::per_minute(60, 3);
+    assert!(l.check(&key, r).await.allowed);
+    assert_eq!(
+        l.add(&format!("{prefix}q"), 2, Duration::from_secs(10))
+            .await,
+        2
+    );
+    let mut conn = raw_conn(&url).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let d = l.check(&key, r).await;
+    assert_eq!(d.source, Source::Shared);
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1);
+    assert_eq!(
+        l.add(&format!("{prefix}q"), 3, Duration::from_secs(10))
+            .await,
+        5
+    );
+    assert_eq!(l.backend_errors(), 0);
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_counters_fixed_window_shared() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("quota");
+    let a = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    let b = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&a, Duration::from_secs(3)).await;
+    wait_up(&b, Duration::from_secs(3)).await;
+    let key = format!("{prefix}day");
+    let ttl = Duration::from_millis(400);
+    assert_eq!(a.get(&key).await, 0);
+    assert_eq!(a.add(&key, 5, ttl).await, 5);
+    assert_eq!(b.add(&key, 2, ttl).await, 7);
+    assert_eq!(a.get(&key).await, 7);
+    assert_eq!(b.get(&key).await, 7);
+
+    let mut conn = raw_conn(&url).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 400, "pttl {pttl}");
+    // A later add keeps the first expiry (fixed window).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.add(&key, 1, ttl).await, 8);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 220, "pttl {pttl} after a later add");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.get(&key).await, 0, "expired after the ttl");
+    assert_eq!(b.add(&key, 1, ttl).await, 1, "a new window");
+    assert_eq!(a.backend_errors() + b.backend_errors(), 0);
+    cleanup(&url, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fallback_and_recovery() {
+    if !redis_server_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let mut server = RedisServer::start(port);
+    let url = server.url();
+    let local = Limiter::redis(opts(&url, OnBackendError::Local)).unwrap();
+    let allow = Limiter::redis(opts(&url, OnBackendError::Allow)).unwrap();
+    let deny = Limiter::redis(opts(&url, OnBackendError::Deny)).unwrap();
+    for l in [&local, &allow, &deny] {
+        wait_up(l, Duration::from_secs(3)).await;
+        let d = l.check("k", RATE).await;
+        assert_eq!(d.source, Source::Shared);
+        assert!(d.allowed);
+    }
+    assert_eq!(local.add("q", 10, Duration::from_secs(60)).await, 10);
+
+    server.kill();
+    let max = RedisOptions::DEFAULT_TIMEOUT + Duration::from_millis(150);
+
+    // Local fallback with this node's share of the rate: 2 nodes -> 5/s, burst 2.
+    local.set_nodes(2);
+    let mut allowed = 0;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let d = local.check("fresh", RATE).await;
+        assert!(t.elapsed() < max, "check took {:?}", t.elapsed());
+        assert_eq!(d.source, Source::FallbackLocal);
+        assert_eq!(d.limit, 10);
+        allowed += u32::from(d.allowed);
+    }
+    assert_eq!(allowed, 2, "node share of burst 5 over 2 nodes");
+    assert!(local.backend_errors() > 0);
+    assert!(!local.backend_up());
+    // Counters fall back to the local counter.
+    assert_eq!(local.add("q", 3, Duration::from_secs(60)).await, 3);
+    assert_eq!(local.get("q").await, 3);
+
+    for _ in 0..5 {
+        let t = Instant::now();
+        let d = allow.check("k", RATE).await;
+        assert!(t.elapsed() < max, "check took {:?}", t.elapsed());
+        assert_eq!(d.source, Source::FailOpen);
+        assert!(d.allowed);
+        let t = Instant::now();
+        let d = deny.check("k", RATE).await;
+        assert!(t.elapsed() < max, "check took {:?}", t.elapsed());
+        assert_eq!(d.source, Source::FailClosed);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+    }
+    assert!(allow.backend_errors() > 0 && deny.backend_errors() > 0);
+
+    // Keep probing while it is down for a while: still quick, never a panic.
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let d = local.check("k", RATE).await;
+        assert!(t.elapsed() < max, "check took {:?}", t.elapsed());
+        assert_eq!(d.source, Source::FallbackLocal);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    let _server = RedisServer::start(port);
+    for l in [&local, &allow, &deny] {
+        let took = wait_shared(l, "k2", Duration::from_millis(2500)).await;
+        eprintln!("shared again after {took:?}");
+        assert!(l.backend_up());
+    }
+    // The restarted server is empty: the counter starts over from Redis.
+    assert_eq!(local.get("q").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_not_listening_at_start() {
+    if !redis_server_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let l = Limiter::redis(opts(&url, OnBackendError::Local)).unwrap();
+    let max = RedisOptions::DEFAULT_TIMEOUT + Duration::from_millis(150);
+    let t = Instant::now();
+    let d = l.check("k", RATE).await;
+    assert!(t.elapsed() < max, "check took {:?}", t.elapsed());
+    assert_eq!(d.source, Source::FallbackLocal);
+    assert!(d.allowed);
+    assert!(!l.backend_up());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(l.backend_errors() > 0);
+
+    let _server = RedisServer::start(port);
+    let took = wait_shared(&l, "k", Duration::from_millis(2500)).await;
+    eprintln!("connected after {took:?}");
+    assert!(l.backend_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hung_server_times_out() {
+    if !redis_server_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let server = RedisServer::start(port);
+    let l = Limiter::redis(opts(&server.url(), OnBackendError::Local)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    assert_eq!(l.check("k", RATE).await.source, Source::Shared);
+
+    server.signal("STOP");
+    let t = Instant::now();
+    let d = l.check("k", RATE).await;
+    let took = t.elapsed();
+    assert_eq!(d.source, Source::FallbackLocal);
+    assert!(
+        took >= Duration::from_millis(80) && took < Duration::from_millis(250),
+        "hung check took {took:?}"
+    );
+    assert_eq!(l.backend_errors(), 1);
+    // Within retry_interval nobody waits for Redis.
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(l.check("k", RATE).await.source, Source::FallbackLocal);
+    }
+    assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+    assert_eq!(l.backend_errors(), 1);
+
+    server.signal("CONT");
+    let took = wait_shared(&l, "k", Duration::from_millis(2500)).await;
+    eprintln!("shared again after {took:?}");
+}
