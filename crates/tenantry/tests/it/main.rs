@@ -4,6 +4,7 @@
 
 mod api;
 mod badreq;
+mod cluster;
 mod config_check;
 mod file_store;
 mod health;
