@@ -140,3 +140,79 @@ fn large_files_fit_the_parser_budget() {
     let cfg = validate(&parse_yaml(&yaml).unwrap(), Path::new("/")).unwrap();
     assert_eq!(cfg.snapshot.len(), 20_000);
 }
+
+#[test]
+fn limits_policies_and_cluster_keys() {
+    let yaml = r#"
+redis: redis://127.0.0.1:6379
+on_redis_error: deny
+cluster: { node_id: edge-1, config_ttl: 10s }
+limits: { max_llm_body_bytes: 65536 }
+tenants:
+  - id: starter
+    plan: free
+    policy: { allowed_models: [gpt-4o-mini], allowed_tools: [search] }
+    routes:
+      - id: llm
+        host: llm.starter.localhost
+        kind: llm
+        ratelimit: { requests_per_minute: 60, burst: 10, key: api_key }
+        backends: [ { address: 127.0.0.1:18001 } ]
+      - id: web
+        host: starter.localhost
+        backends: [ { address: 127.0.0.1:18001 } ]
+"#;
+    check(yaml, &[]);
+    let cfg = validate(&parse_yaml(yaml).unwrap(), Path::new("/")).unwrap();
+    assert_eq!(cfg.server.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+    assert_eq!(cfg.server.on_redis_error, RedisFallback::Deny);
+    assert_eq!(cfg.server.cluster.config_ttl, Duration::from_secs(10));
+    assert_eq!(cfg.server.max_llm_body_bytes, 65536);
+    let t = cfg.snapshot.tenants().next().unwrap();
+    let p = t.policy.as_ref().unwrap();
+    assert_eq!(
+        p.allowed_models.as_deref().unwrap(),
+        [Box::from("gpt-4o-mini")]
+    );
+    let llm = &t.routes[0];
+    assert_eq!(llm.kind, RouteKind::Llm);
+    let rl = llm.ratelimit.as_ref().unwrap();
+    assert_eq!(
+        (rl.requests_per_minute, rl.burst, rl.key),
+        (60, Some(10), RateLimitKey::ApiKey)
+    );
+    assert_eq!(t.routes[1].kind, RouteKind::Http);
+    assert!(t.routes[1].ratelimit.is_none());
+
+    check(
+        r#"
+redis: "http://x"
+on_redis_error: maybe
+cluster: { config_ttl: 0s, node_id: "a b" }
+limits: { max_llm_body_bytes: 10 }
+tenants:
+  - id: t
+    policy: { allowed_models: [""] }
+    routes:
+      - id: r
+        host: t.localhost
+        kind: grpc
+        ratelimit: { requests_per_minute: 0, burst: 0, key: user }
+        backends: [ { address: 127.0.0.1:1 } ]
+"#,
+        &[
+            r#"limits.max_llm_body_bytes: must be between 1024 and 67108864"#,
+            r#"redis: invalid Redis URL "http://x": expected redis://host:port[/db]"#,
+            r#"on_redis_error: unknown value "maybe" (expected local, allow or deny)"#,
+            r#"cluster.config_ttl: must be at least 1s"#,
+            r#"cluster.node_id: must be 1 to 100 characters without spaces"#,
+            r#"tenants[0].routes[0].kind: unknown kind "grpc" (expected http or llm)"#,
+            r#"tenants[0].routes[0].ratelimit.requests_per_minute: must be between 1 and 1000000000, got 0"#,
+            r#"tenants[0].routes[0].ratelimit.burst: must be between 1 and 1000000000, got 0"#,
+            r#"tenants[0].routes[0].ratelimit.key: unknown key "user" (expected tenant, route, client_ip or api_key)"#,
+            r#"tenants[0].policy.allowed_models[0]: must be 1 to 200 printable characters, got """#,
+        ],
+    );
+    assert!(validate_redis_url("redis://:secret@10.0.0.1:6379/2").is_ok());
+    assert!(validate_redis_url("redis://host:notaport").is_err());
+}
