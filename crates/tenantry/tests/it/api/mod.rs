@@ -53,6 +53,7 @@ mod limits;
 mod login;
 mod matrix;
 mod openapi;
+mod policy;
 pub(crate) mod tokens;
 
 /// Password of every user the tests create (long enough for the policy).
