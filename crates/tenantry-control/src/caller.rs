@@ -49,6 +49,7 @@ pub fn policy(method: &Method, path: &str) -> Option<Policy> {
             | "/api/tenants/{tenant_id}/api-keys"
             | "/api/tenants/{tenant_id}/subscription"
             | "/api/tenants/{tenant_id}/policy"
+            | "/api/tenants/{tenant_id}/usage"
             | "/api/tenants/{tenant_id}/audit",
         ) => Policy::Tenant(Read),
         ("POST", "/api/tenants/{tenant_id}/routes")

@@ -44,6 +44,32 @@ pub trait DataPlane: Send + Sync {
     fn announce(&self, tenant: &TenantId, config: Option<serde_json::Value>) {
         let _ = (tenant, config);
     }
+
+    /// The tenant's quota usage as the data plane counts it (empty if it does not serve the
+    /// tenant).
+    fn usage(&self, tenant: &TenantId) -> UsageFuture {
+        let _ = tenant;
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// What [`DataPlane::usage`] returns.
+pub type UsageFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<QuotaUsage>> + Send + 'static>>;
+
+/// One quota of a tenant, now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct QuotaUsage {
+    /// `tokens_per_minute` or `bandwidth_gb_month`.
+    pub quota: String,
+    /// Used in the current window (tokens, or bytes for bandwidth).
+    pub used: u64,
+    /// The quota in the same unit (`null`: unlimited).
+    pub limit: Option<u64>,
+    /// Window start (RFC 3339): the minute, or the billing period's start.
+    pub window_start: String,
+    /// Window end: when the counter resets.
+    pub resets_at: String,
 }
 
 /// A tenant's configuration as published to the cluster (`tn:config:<tenant_id>`).

@@ -37,6 +37,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
             "/api/tenants/{tenant_id}/policy",
             get(read_policy).put(set_policy),
         )
+        .route("/api/tenants/{tenant_id}/usage", get(usage))
         .route("/api/tenants/{tenant_id}/audit", get(tenant_audit))
         .route("/api/audit", get(platform_audit))
 }
@@ -476,6 +477,46 @@ pub(crate) async fn set_policy(
         .await?;
     state.sync_tenant(&id).await?;
     Ok(Json(req))
+}
+
+/// The tenant's usage against its plan now: its rate limit, LLM tokens this minute and
+/// bandwidth this billing period (which resets at the period's start, anchored on the
+/// subscription), as the gateway counts them (cluster-wide in cluster mode).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageResponse {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Plan.
+    pub plan: String,
+    /// Requests per minute (`null`: unlimited).
+    pub requests_per_minute: Option<u64>,
+    /// Burst (`null`: the per-minute rate).
+    pub burst: Option<u64>,
+    /// What happens at a quota.
+    pub on_quota: String,
+    /// Quotas with their use in the current window.
+    pub quotas: Vec<crate::QuotaUsage>,
+}
+
+/// Quota usage now (see [`UsageResponse`]).
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/usage", tag = "plans",
+    security(("bearer" = [])), params(("tenant_id" = String, Path)),
+    responses((status = 200, body = UsageResponse), (status = 404, body = ErrorBody)))]
+pub(crate) async fn usage(
+    State(state): State<Arc<AppState>>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<UsageResponse>> {
+    let id = tenant_path(&tenant_id)?;
+    let sub = state.store.tenant(&id).subscription().await?;
+    let quotas = state.dataplane.usage(&id).await;
+    Ok(Json(UsageResponse {
+        tenant_id: id.to_string(),
+        plan: sub.plan,
+        requests_per_minute: sub.limits.requests_per_minute,
+        burst: sub.limits.burst,
+        on_quota: sub.limits.on_quota.as_str().to_owned(),
+        quotas,
+    }))
 }
 
 fn page(q: &AuditQuery) -> Result<u32, ApiError> {

@@ -518,12 +518,66 @@ impl Quotas {
         }
     }
 
+    /// Bytes counted on this node for the tenant but not yet flushed to the counters.
+    pub fn pending_bandwidth(&self, tenant: &TenantId) -> u64 {
+        self.lock().get(tenant).map_or(0, |b| b.pending)
+    }
+
     /// Tokens the tenant used in the current minute, and the minute.
     pub async fn tokens_used(&self, limiter: &Limiter, tenant: &TenantId) -> (u64, (u64, u64)) {
         let window = minute_window(unix_ms());
         let key = quota_key(tenant, QuotaKind::TokensPerMinute, window.0);
         (limiter.get(&key).await, window)
     }
+}
+
+/// One quota's state, for the usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Which quota.
+    pub quota: QuotaKind,
+    /// Used in the window (tokens or bytes).
+    pub used: u64,
+    /// The quota in the same unit (`None`: unlimited).
+    pub limit: Option<u64>,
+    /// Window start and end, unix ms.
+    pub window: (u64, u64),
+}
+
+/// A tenant's quota usage now: tokens this minute and bytes this billing period, read from
+/// the shared counters (plus this node's unflushed bytes).
+pub async fn usage(limiter: &Limiter, quotas: &Quotas, tenant: &Tenant) -> Vec<QuotaState> {
+    let now = unix_ms();
+    let limits = tenant.limits.as_deref();
+    let tokens_window = minute_window(now);
+    let tokens = limiter
+        .get(&quota_key(
+            &tenant.id,
+            QuotaKind::TokensPerMinute,
+            tokens_window.0,
+        ))
+        .await;
+    let period = billing_period(tenant.billing_anchor_ms, now);
+    let bytes = limiter
+        .get(&quota_key(&tenant.id, QuotaKind::BandwidthMonth, period.0))
+        .await
+        + quotas.pending_bandwidth(&tenant.id);
+    vec![
+        QuotaState {
+            quota: QuotaKind::TokensPerMinute,
+            used: tokens,
+            limit: limits.and_then(|l| l.tokens_per_minute),
+            window: tokens_window,
+        },
+        QuotaState {
+            quota: QuotaKind::BandwidthMonth,
+            used: bytes,
+            limit: limits
+                .and_then(|l| l.bandwidth_gb_month)
+                .map(|gb| gb.saturating_mul(1_000_000_000)),
+            window: period,
+        },
+    ]
 }
 
 #[cfg(test)]

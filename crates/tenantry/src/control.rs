@@ -204,6 +204,27 @@ impl tenantry_control::DataPlane for LocalDataPlane {
             c.publish(vec![(tenant.clone(), config)]);
         }
     }
+
+    fn usage(&self, tenant: &TenantId) -> tenantry_control::UsageFuture {
+        let gw = Arc::clone(&self.0);
+        let tenant = gw.tenant(tenant);
+        Box::pin(async move {
+            let Some(t) = tenant else {
+                return Vec::new();
+            };
+            tenantry_dataplane::admission::usage(gw.limiter(), gw.quotas(), &t)
+                .await
+                .into_iter()
+                .map(|q| tenantry_control::QuotaUsage {
+                    quota: q.quota.as_str().to_owned(),
+                    used: q.used,
+                    limit: q.limit,
+                    window_start: tenantry_domain::rfc3339(q.window.0),
+                    resets_at: tenantry_domain::rfc3339(q.window.1),
+                })
+                .collect()
+        })
+    }
 }
 
 /// Mounts the admin API on the gateway's admin listener.

@@ -85,6 +85,29 @@ store_test!(policy_and_route_limits_through_the_api, |backend| async {
         .collect();
     assert_eq!(actions.len(), 2);
 
+    // Usage: the plan's rate, tokens this minute, bytes this billing period.
+    assert_err(
+        &other.get("/api/tenants/acme/usage").await,
+        404,
+        "not_found",
+    );
+    let u = viewer.must_get("/api/tenants/acme/usage").await;
+    assert_eq!(u["plan"], "pro");
+    assert_eq!(u["requests_per_minute"], 6000);
+    assert_eq!(u["on_quota"], "notify");
+    let quotas = u["quotas"].as_array().expect("quotas");
+    assert_eq!(quotas[0]["quota"], "tokens_per_minute");
+    assert_eq!(quotas[0]["limit"], 200_000);
+    assert_eq!(quotas[1]["quota"], "bandwidth_gb_month");
+    assert_eq!(quotas[1]["limit"], 500_000_000_000_u64);
+    assert!(quotas[1]["used"].as_u64().expect("used") > 0, "{u}");
+    assert!(
+        quotas[1]["resets_at"]
+            .as_str()
+            .expect("resets_at")
+            .ends_with('Z')
+    );
+
     // A bad rate limit is refused with its path.
     let mut bad = route("bad", "bad.acme.localhost", "/", &[echo[0].addr]);
     bad["ratelimit"] = json!({"requests_per_minute": 0, "key": "nobody"});
