@@ -173,7 +173,15 @@ impl ConfigSource for StoreSource {
             // Other nodes reload these tenants from the store; this node applies the snapshot
             // as soon as it is returned (the published change may arrive first: harmless).
             if let Some(c) = cluster {
-                c.publish(changed.into_iter().map(|id| (id, None)).collect());
+                let mut published = Vec::with_capacity(changed.len());
+                for id in changed {
+                    let config = match store.platform().load_tenant(&id).await {
+                        Ok(state) => state.as_ref().map(tenantry_control::tenant_config_json),
+                        Err(e) => return Err(ReloadError::Build(format!("store: {e}"))),
+                    };
+                    published.push((id, config));
+                }
+                c.publish(published);
             }
             Ok(snapshot)
         })
