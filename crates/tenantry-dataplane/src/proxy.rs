@@ -146,7 +146,10 @@ pub async fn handle(
     // Phase 3: choose an upstream.
     let now = gw.now_ms();
     let Some(first) = select_backend(&route, conn.peer.ip(), None, now) else {
-        return local_error(&gw, ErrorCode::NoHealthyBackend, tap, false);
+        return with_rate(
+            local_error(&gw, ErrorCode::NoHealthyBackend, tap, false),
+            rate.as_ref(),
+        );
     };
 
     // Phase 4: upstream request. A request that could not be sent at all (connect failure)
@@ -253,7 +256,7 @@ pub async fn handle(
         conn: upstream_conn,
     } = match result {
         Ok(s) => s,
-        Err(code) => return local_error(&gw, code, tap, false),
+        Err(code) => return with_rate(local_error(&gw, code, tap, false), rate.as_ref()),
     };
 
     // Phase 5: response filter.
@@ -407,6 +410,14 @@ async fn admit_llm(
         }
     }
     Ok((bytes, parsed.prompt_tokens_estimate))
+}
+
+/// Adds the admission's rate-limit headers to an error answered after it.
+fn with_rate(mut resp: Response<RespBody>, rate: Option<&(Decision, Rate)>) -> Response<RespBody> {
+    if let Some((d, r)) = rate {
+        admission::rate_headers(d, r, resp.headers_mut());
+    }
+    resp
 }
 
 /// A refusal from admission: the error body with its extra members, and the rate headers.

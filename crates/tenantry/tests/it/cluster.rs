@@ -77,7 +77,7 @@ async fn get_from(src: [u8; 4], addr: SocketAddr, host: &str) -> u16 {
 async fn rate_limit_answers_429_with_headers_and_keys_by_client_and_api_key() {
     let b = echo_backends(1).await;
     let yaml = config(&format!(
-        "  - id: acme\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 5 }}, backends: [ {{ address: {a} }} ] }}\n      - {{ id: ip, host: ip.acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 2, key: client_ip }}, backends: [ {{ address: {a} }} ] }}\n      - {{ id: key, host: key.acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 2, key: api_key }}, backends: [ {{ address: {a} }} ] }}\n",
+        "  - id: acme\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 5 }}, backends: [ {{ address: {a} }} ] }}\n      - {{ id: ip, host: ip.acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 2, key: client_ip }}, backends: [ {{ address: {a} }} ] }}\n      - {{ id: key, host: key.acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 2, key: api_key }}, backends: [ {{ address: {a} }} ] }}\n      - {{ id: down, host: down.acme.localhost, ratelimit: {{ requests_per_minute: 60, burst: 2 }}, backends: [ {{ address: 127.0.0.1:1 }} ] }}\n",
         a = b[0].addr
     ));
     let t = Tenantry::start(bin(), &yaml).await;
@@ -141,6 +141,11 @@ async fn rate_limit_answers_429_with_headers_and_keys_by_client_and_api_key() {
     assert_eq!(get_key("x-api-key", "k1").await, 200);
     assert_eq!(get_key("authorization", "Bearer k1").await, 429);
     assert_eq!(get_key("x-api-key", "k2").await, 200);
+
+    // Errors answered after admission carry the headers too.
+    let r = c.get(t.http, "down.acme.localhost", "/").await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(header(&r, "ratelimit-remaining"), "1");
 
     let m = t.metrics().await;
     assert_eq!(

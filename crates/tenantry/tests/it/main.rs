@@ -9,6 +9,7 @@ mod config_check;
 mod file_store;
 mod health;
 mod lb;
+mod llm;
 mod observability;
 mod routing;
 mod tidy;
