@@ -2,6 +2,8 @@
 //!
 //! 1. `request_filter`: reject ambiguous framing (request smuggling) before anything else;
 //! 2. `resolve`: host + path → tenant route from the current table (404 otherwise);
+//!    then admission (`admit`, and `admit_llm` on LLM routes): rate limit, quotas, the
+//!    tenant's model and tool policy (see `docs/limits.md`);
 //! 3. `choose_upstream`: the route's algorithm picks an eligible backend (503 if none);
 //! 4. `upstream_request`: rewrite the request (URI, hop-by-hop headers, `X-Forwarded-*`,
 //!    `X-Request-Id`) and send it; an idempotent request without a body that fails to connect
@@ -19,14 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use tenantry_domain::normalize_host;
-
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use tenantry_domain::RouteKind;
+use hyper::body::Incoming;
+use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
 
 use crate::admission::{self, Admission, QuotaKind, Refusal};
