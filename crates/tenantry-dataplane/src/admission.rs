@@ -20,14 +20,15 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tenantry_domain::{
-    OnQuota, RateLimitKey, Route, RouteKind, Tenant, TenantId, TenantPolicy, billing_period,
+    OnQuota, RateLimitKey, Route, RouteId, RouteKind, Tenant, TenantId, TenantPolicy,
+    billing_period,
 };
 use tenantry_limits::{Decision, Limiter, Rate};
 
@@ -35,8 +36,10 @@ use crate::errors::ErrorCode;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// One route's admission rules.
-#[derive(Debug)]
+/// One route's admission rules. They hold nothing tenant-specific, so routes with the same
+/// rules (every tenant of a plan without overrides) share one interned value: a route pays
+/// one pointer for them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Admission {
     /// The rate limit, if any.
     pub rate: Option<RateRule>,
@@ -50,20 +53,15 @@ pub struct Admission {
     pub on_quota: OnQuota,
     /// The tenant's model and tool policy (LLM routes only).
     pub policy: Option<Arc<TenantPolicy>>,
-    /// Start of the tenant's first billing period.
-    pub billing_anchor_ms: Option<u64>,
 }
 
 /// A resolved rate limit.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RateRule {
     /// The rate.
     pub rate: Rate,
     /// Who shares a bucket.
     pub key: RateLimitKey,
-    /// `tn:rl:<tenant>:<route>:<kind>`, to which per-client keys append `:<id>`. Every node
-    /// builds the same key from the same snapshot.
-    pub prefix: Box<str>,
 }
 
 impl Admission {
@@ -71,16 +69,10 @@ impl Admission {
     pub fn for_route(t: &Tenant, r: &Route) -> Option<Arc<Admission>> {
         let limits = t.limits.as_deref();
         let rate = match &r.ratelimit {
-            Some(rl) => Some(RateRule::new(
-                t,
-                r,
-                rl.requests_per_minute,
-                rl.burst,
-                rl.key,
-            )),
+            Some(rl) => Some(RateRule::new(rl.requests_per_minute, rl.burst, rl.key)),
             None => limits.and_then(|l| {
                 l.requests_per_minute
-                    .map(|rpm| RateRule::new(t, r, rpm, l.burst, RateLimitKey::Tenant))
+                    .map(|rpm| RateRule::new(rpm, l.burst, RateLimitKey::Tenant))
             }),
         };
         let llm = r.kind == RouteKind::Llm;
@@ -92,72 +84,78 @@ impl Admission {
         if rate.is_none() && tokens_per_minute.is_none() && bandwidth_bytes.is_none() && !llm {
             return None;
         }
-        Some(Arc::new(Admission {
+        Some(intern(Admission {
             rate,
             kind: r.kind,
             tokens_per_minute,
             bandwidth_bytes,
             on_quota: limits.map(|l| l.on_quota).unwrap_or_default(),
             policy,
-            billing_anchor_ms: t.billing_anchor_ms,
         }))
     }
 }
 
+type Interned = Mutex<(
+    HashMap<Admission, Weak<Admission>, foldhash::fast::RandomState>,
+    usize,
+)>;
+
+/// One shared value per distinct rule set (weakly held: unused ones are swept as the map
+/// grows).
+fn intern(a: Admission) -> Arc<Admission> {
+    static INTERNED: std::sync::LazyLock<Interned> = std::sync::LazyLock::new(Mutex::default);
+    let mut guard = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    let (map, sweep_at) = &mut *guard;
+    if let Some(shared) = map.get(&a).and_then(Weak::upgrade) {
+        return shared;
+    }
+    if map.len() >= *sweep_at {
+        map.retain(|_, w| w.strong_count() > 0);
+        *sweep_at = (map.len() * 2).max(64);
+    }
+    let shared = Arc::new(a.clone());
+    map.insert(a, Arc::downgrade(&shared));
+    shared
+}
+
 impl RateRule {
-    fn new(t: &Tenant, r: &Route, rpm: u64, burst: Option<u64>, key: RateLimitKey) -> Self {
-        let prefix = match key {
-            RateLimitKey::Tenant => format!("tn:rl:{}:*:tenant", t.id),
-            RateLimitKey::Route => format!("tn:rl:{}:{}:route", t.id, r.id),
-            RateLimitKey::ClientIp => format!("tn:rl:{}:{}:ip", t.id, r.id),
-            RateLimitKey::ApiKey => format!("tn:rl:{}:{}:key", t.id, r.id),
-        };
+    fn new(rpm: u64, burst: Option<u64>, key: RateLimitKey) -> Self {
         RateRule {
             rate: Rate::per_minute(rpm, burst.unwrap_or(rpm).max(1)),
             key,
-            prefix: prefix.into_boxed_str(),
         }
     }
 
-    /// The limiter key for one request.
-    pub fn key_for(&self, client: IpAddr, headers: &HeaderMap) -> KeyBuf<'_> {
-        match self.key {
-            RateLimitKey::Tenant | RateLimitKey::Route => KeyBuf::Shared(&self.prefix),
-            RateLimitKey::ClientIp => KeyBuf::Owned(format!("{}:{client}", self.prefix)),
+    /// The limiter key for one request: `tn:rl:<tenant>:*:tenant`,
+    /// `tn:rl:<tenant>:<route>:route`, `…:<route>:ip:<address>` or `…:<route>:key:<hash>`.
+    /// Every node builds the same key from the same snapshot. (Built per request rather than
+    /// stored: a route keeps one pointer for its rules, whatever the number of tenants.)
+    pub fn key_for(
+        &self,
+        tenant: &TenantId,
+        route: &RouteId,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> String {
+        let mut s = String::with_capacity(64);
+        let _ = match self.key {
+            RateLimitKey::Tenant => write!(s, "tn:rl:{tenant}:*:tenant"),
+            RateLimitKey::Route => write!(s, "tn:rl:{tenant}:{route}:route"),
+            RateLimitKey::ClientIp => write!(s, "tn:rl:{tenant}:{route}:ip:{client}"),
             RateLimitKey::ApiKey => match api_key(headers) {
                 Some(k) => {
                     // The key itself never reaches Redis: a SHA-256 prefix names its bucket.
                     let digest = Sha256::digest(k);
-                    let mut s = String::with_capacity(self.prefix.len() + 20);
-                    s.push_str(&self.prefix);
-                    s.push(':');
+                    let _ = write!(s, "tn:rl:{tenant}:{route}:key:");
                     for b in &digest[..8] {
                         let _ = write!(s, "{b:02x}");
                     }
-                    KeyBuf::Owned(s)
+                    Ok(())
                 }
-                None => KeyBuf::Owned(format!("{}:ip:{client}", self.prefix)),
+                None => write!(s, "tn:rl:{tenant}:{route}:ip:{client}"),
             },
-        }
-    }
-}
-
-/// A limiter key, borrowed when it is the rule's own.
-#[derive(Debug)]
-pub enum KeyBuf<'a> {
-    /// The rule's prefix as is.
-    Shared(&'a str),
-    /// A per-client key.
-    Owned(String),
-}
-
-impl KeyBuf<'_> {
-    /// The key.
-    pub fn as_str(&self) -> &str {
-        match self {
-            KeyBuf::Shared(s) => s,
-            KeyBuf::Owned(s) => s,
-        }
+        };
+        s
     }
 }
 
@@ -397,18 +395,26 @@ impl Quotas {
     pub fn bandwidth_window(
         &self,
         tenant: &TenantId,
+        anchor: Option<u64>,
         a: &Admission,
         now_ms: u64,
     ) -> Option<(u64, u64)> {
         let limit = a.bandwidth_bytes?;
         let map = self.lock();
         let b = map.get(tenant)?;
-        let window = billing_period(a.billing_anchor_ms, now_ms);
+        let window = billing_period(anchor, now_ms);
         (b.window == window && b.used >= limit).then_some(window)
     }
 
     /// Adds a finished request's bytes to its tenant's pending bandwidth.
-    pub fn add_bandwidth(&self, tenant: &TenantId, a: &Admission, bytes: u64, now_ms: u64) {
+    pub fn add_bandwidth(
+        &self,
+        tenant: &TenantId,
+        anchor: Option<u64>,
+        a: &Admission,
+        bytes: u64,
+        now_ms: u64,
+    ) {
         let Some(limit) = a.bandwidth_bytes else {
             return;
         };
@@ -420,7 +426,7 @@ impl Quotas {
             Some(b) => {
                 b.pending += bytes;
                 b.limit = limit;
-                b.anchor = a.billing_anchor_ms;
+                b.anchor = anchor;
                 b.on_quota = a.on_quota;
             }
             None => {
@@ -430,8 +436,8 @@ impl Quotas {
                         pending: bytes,
                         used: 0,
                         limit,
-                        window: billing_period(a.billing_anchor_ms, now_ms),
-                        anchor: a.billing_anchor_ms,
+                        window: billing_period(anchor, now_ms),
+                        anchor,
                         on_quota: a.on_quota,
                     },
                 );
@@ -583,6 +589,39 @@ pub async fn usage(limiter: &Limiter, quotas: &Quotas, tenant: &Tenant) -> Vec<Q
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_are_shared_between_tenants_and_keys_are_per_tenant() {
+        let a = intern(Admission {
+            rate: Some(RateRule::new(600, Some(100), RateLimitKey::Tenant)),
+            kind: RouteKind::Http,
+            tokens_per_minute: None,
+            bandwidth_bytes: Some(10),
+            on_quota: OnQuota::Throttle,
+            policy: None,
+        });
+        let b = intern((*a).clone());
+        assert!(Arc::ptr_eq(&a, &b));
+        let rule = a.rate.as_ref().unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (t1, t2) = (
+            TenantId::parse("t1").unwrap(),
+            TenantId::parse("t2").unwrap(),
+        );
+        let r = RouteId::parse("web").unwrap();
+        let h = HeaderMap::new();
+        assert_eq!(rule.key_for(&t1, &r, ip, &h), "tn:rl:t1:*:tenant");
+        assert_eq!(rule.key_for(&t2, &r, ip, &h), "tn:rl:t2:*:tenant");
+        let by_key = RateRule::new(60, None, RateLimitKey::ApiKey);
+        assert_eq!(by_key.key_for(&t1, &r, ip, &h), "tn:rl:t1:web:ip:10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(X_API_KEY.clone(), HeaderValue::from_static("tn_secret"));
+        let k = by_key.key_for(&t1, &r, ip, &h);
+        assert!(
+            k.starts_with("tn:rl:t1:web:key:") && k.len() == 33 && !k.contains("secret"),
+            "{k}"
+        );
+    }
 
     #[test]
     fn thresholds_are_crossed_once() {

@@ -105,9 +105,13 @@ impl Tap {
         let Some(route) = &self.route else { return };
         let Some(adm) = &route.admission else { return };
         let now = crate::admission::unix_ms();
-        self.gw
-            .quotas
-            .add_bandwidth(&route.tenant, adm, self.bytes + self.request_bytes, now);
+        self.gw.quotas.add_bandwidth(
+            &route.tenant,
+            route.billing_anchor_ms(),
+            adm,
+            self.bytes + self.request_bytes,
+            now,
+        );
         let Some(scanner) = self.usage.take() else {
             return;
         };

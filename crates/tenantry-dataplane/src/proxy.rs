@@ -325,8 +325,8 @@ async fn admit(
     rate: &mut Option<(Decision, Rate)>,
 ) -> Result<(), Refusal> {
     if let Some(rule) = &adm.rate {
-        let key = rule.key_for(conn.peer.ip(), headers);
-        let d = gw.limiter.check(key.as_str(), rule.rate).await;
+        let key = rule.key_for(&route.tenant, &route.id, conn.peer.ip(), headers);
+        let d = gw.limiter.check(&key, rule.rate).await;
         *rate = Some((d, rule.rate));
         if !d.allowed {
             route.metrics.refused(Refused::RateLimit);
@@ -334,7 +334,10 @@ async fn admit(
         }
     }
     let now = admission::unix_ms();
-    if let Some(window) = gw.quotas.bandwidth_window(&route.tenant, adm, now) {
+    if let Some(window) =
+        gw.quotas
+            .bandwidth_window(&route.tenant, route.billing_anchor_ms(), adm, now)
+    {
         route.metrics.refused(Refused::Quota);
         admission::quota_reached(adm.on_quota, QuotaKind::BandwidthMonth, window, now)?;
     }

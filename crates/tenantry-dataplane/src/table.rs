@@ -153,6 +153,8 @@ pub struct RouteRt {
     pub algorithm: Algorithm,
     /// The tenant is suspended: the proxy answers `403 tenant_suspended` (fits in padding).
     pub suspended: bool,
+    /// The tenant's billing anchor in unix seconds, 0 for none (fits in padding too).
+    billing_anchor_s: u32,
     /// Backends.
     pub backends: Box<[BackendRt]>,
     /// Active checks, if configured (shared with the domain route).
@@ -184,6 +186,11 @@ impl RouteRt {
         b.state == BackendState::Active
             && (b.health.is_healthy()
                 || (self.health_check.is_none() && b.health.passive_retry_due(now_ms)))
+    }
+
+    /// Start of the tenant's first billing period (unix ms), for monthly quotas.
+    pub fn billing_anchor_ms(&self) -> Option<u64> {
+        (self.billing_anchor_s != 0).then(|| u64::from(self.billing_anchor_s) * 1000)
     }
 
     /// Consecutive failures that eject a backend.
@@ -413,6 +420,10 @@ fn build_route(
         prefix: Arc::clone(&r.path_prefix),
         algorithm: r.algorithm,
         suspended: t.suspended,
+        billing_anchor_s: t
+            .billing_anchor_ms
+            .and_then(|ms| u32::try_from(ms / 1000).ok())
+            .unwrap_or(0),
         lb: LbState {
             next: AtomicUsize::new(0),
             current_weights: (r.algorithm == Algorithm::WeightedRoundRobin)
