@@ -561,3 +561,78 @@ async fn a_change_on_node_a_is_served_by_node_b_within_a_second() {
         assert!(v >= 3 && v <= version, "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_quota_of_the_billing_period_is_shared_and_enforced() {
+    if !require_redis() || !require_postgres() {
+        return;
+    }
+    let pg = PgDatabase::create();
+    let b = echo_backends(1).await;
+    let tenant = unique("bw");
+    let host = format!("{tenant}.localhost");
+    let yaml = config(&format!(
+        "  - id: {tenant}\n    plan: pro\n    routes:\n      - {{ id: web, host: {host}, backends: [ {{ address: {} }} ] }}\n",
+        b[0].addr
+    ));
+    let a = node(&yaml, &pg, REDIS).await;
+    let bn = node(&yaml, &pg, REDIS).await;
+    let api = Api::new(a.admin.unwrap());
+    let r = api
+        .post(
+            "/api/auth/login",
+            json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    let api = api.token(r.1["access_token"].as_str().unwrap());
+    // 0 GB this month: the first bytes spend it.
+    let r = api
+        .put(
+            &format!("/api/tenants/{tenant}/limits"),
+            json!({"bandwidth_gb_month": 0, "on_quota": "block"}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let c = HttpClient::new();
+    let started = Instant::now();
+    while c.get(bn.http, &host, "/").await.unwrap().status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "limits never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Traffic on node A only; node B learns the shared total at its next flush.
+    assert_eq!(c.get(a.http, &host, "/").await.unwrap().status, 200);
+    let started = Instant::now();
+    let refused = loop {
+        let r = c.get(bn.http, &host, "/").await.unwrap();
+        if r.status == 403 {
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never saw the spent quota"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body = refused.json();
+    assert_eq!(body["error"], "quota_exceeded");
+    assert_eq!(body["quota"], "bandwidth_gb_month");
+    let resets = body["resets_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        resets > now && resets <= now + 32 * 86_400,
+        "resets_at {resets}"
+    );
+    let u = api.get(&format!("/api/tenants/{tenant}/usage")).await;
+    assert_eq!(u.0, 200, "{}", u.1);
+    let bw = &u.1["quotas"][1];
+    assert_eq!(bw["quota"], "bandwidth_gb_month");
+    assert_eq!(bw["limit"], 0);
+    assert!(bw["used"].as_u64().unwrap() > 0, "{}", u.1);
+}
