@@ -28,6 +28,8 @@
 #   LISTEN_PORT=28180 ADMIN_PORT=28190 BACKEND_PORT=18001
 #   LOOKUP_REQS=200        keep-alive requests per host for the curl lookup timing
 #   LOOKUP_WRK=1           also run wrk (-t1 -c16 -d$LOOKUP_DURATION, default 3s) on first/last host
+#                          (the plan's rate limit applies: most wrk answers are 429s, which
+#                          still go through routing; use it to compare the two hosts only)
 #   START_TIMEOUT=300      seconds to wait for start-up
 #   PLAN=pro               plan of every generated tenant
 #   OUT_DIR=dir            where configs and logs go (default: new /tmp/tenantry-routes.XXXXXX,
@@ -156,7 +158,8 @@ start_gateway() {
     GW_ERR=$OUT/tenantry-$3.stderr.log
     log "=== tenantry with $label ==="
     t0=$(now_ns)
-    start_bg /dev/null "$GW_ERR" "$TENANTRY_BIN" serve --config "$conf"
+    # A fresh store per start, under the output folder (not ./tenantry-data).
+    start_bg /dev/null "$GW_ERR" "$TENANTRY_BIN" serve --config "$conf" --data-dir "$OUT/data-$3"
     GW_PID=$SPAWNED_PID
     deadline=$(($(date +%s) + START_TIMEOUT))
     T_READY_MS=

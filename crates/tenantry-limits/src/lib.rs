@@ -361,7 +361,7 @@ impl Limiter {
     pub fn redis(opts: RedisOptions) -> Result<Limiter, LimitsError> {
         let client = redis::Client::open(opts.url.as_str()).map_err(LimitsError::InvalidUrl)?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| LimitsError::NoRuntime)?;
-        let inner = Self::with_backend(Some(RedisBackend::new(opts)));
+        let inner = Self::with_backend(Some(RedisBackend::new(opts, client.clone())));
         handle.spawn(shared::connect_loop(Arc::downgrade(&inner), client));
         Ok(Limiter { inner })
     }

@@ -80,9 +80,22 @@ pub(crate) fn outcome_from_reply(r: (i64, i64, i64, i64)) -> Outcome {
     }
 }
 
+thread_local! {
+    /// Connections of this thread, by backend id (`None` while one is being made). A
+    /// single-threaded runtime (the gateway runs one per worker) gets its own connection, so
+    /// a decision never hops to another thread and back.
+    static THREAD_CONNS: std::cell::RefCell<Vec<(u64, Option<ConnectionManager>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Backend ids for [`THREAD_CONNS`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Everything the Redis kind of limiter needs besides the local fallback.
 pub(crate) struct RedisBackend {
     pub(crate) opts: RedisOptions,
+    id: u64,
+    client: redis::Client,
     /// Set once by the background connector; the manager reconnects by itself afterwards.
     conn: OnceLock<ConnectionManager>,
     /// Flips to true when `conn` is set, for callers that wait for the first connection.
@@ -99,9 +112,11 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(opts: RedisOptions) -> Self {
+    pub(crate) fn new(opts: RedisOptions, client: redis::Client) -> Self {
         Self {
             opts,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            client,
             conn: OnceLock::new(),
             connected: tokio::sync::watch::Sender::new(false),
             gcra: Script::new(GCRA_LUA),
@@ -228,14 +243,56 @@ impl RedisBackend {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = match self.conn.get() {
-            Some(c) => c.clone(),
-            None => self.wait_connected().await?,
+        let conn = match self.thread_conn() {
+            Some(c) => c,
+            None => match self.conn.get() {
+                Some(c) => c.clone(),
+                None => self.wait_connected().await?,
+            },
         };
         match op(conn.clone()).await {
             Err(e) if e.is_connection_refusal() => Ok(op(conn).await?),
             r => Ok(r?),
         }
+    }
+
+    /// This thread's own connection, on a single-threaded runtime once the shared one works.
+    /// The first call starts making it (on this runtime) and uses the shared one meanwhile;
+    /// if making it fails, a later call tries again.
+    fn thread_conn(&self) -> Option<ConnectionManager> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        THREAD_CONNS.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            if let Some((_, c)) = conns.iter().find(|(id, _)| *id == self.id) {
+                return c.clone();
+            }
+            if !self.is_up() {
+                return None;
+            }
+            conns.push((self.id, None));
+            let (id, client, config) = (self.id, self.client.clone(), self.manager_config());
+            handle.spawn(async move {
+                let made = ConnectionManager::new_with_config(client, config).await;
+                THREAD_CONNS.with(|conns| {
+                    let mut conns = conns.borrow_mut();
+                    match made {
+                        Ok(conn) => {
+                            if let Some(slot) = conns.iter_mut().find(|(i, _)| *i == id) {
+                                slot.1 = Some(conn);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "per-thread rate limit connection failed");
+                            conns.retain(|(i, _)| *i != id);
+                        }
+                    }
+                });
+            });
+            None
+        })
     }
 
     /// Waits (bounded by the caller's timeout) for the background connector.
