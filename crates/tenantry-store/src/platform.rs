@@ -683,16 +683,13 @@ impl<'a> PlatformStore<'a> {
             .await?
             .into_iter()
             .collect();
-        let mut existing: HashMap<String, TenantRecord> = sqlx::query(concat!(
-            "SELECT ",
-            tenant_cols!(),
-            " FROM tenants"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| sql::tenant_from_row(row).map(|t| (t.id.as_str().to_owned(), t)))
-        .collect::<Result<_, _>>()?;
+        let mut existing: HashMap<String, TenantRecord> =
+            sqlx::query(concat!("SELECT ", tenant_cols!(), " FROM tenants"))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| sql::tenant_from_row(row).map(|t| (t.id.as_str().to_owned(), t)))
+                .collect::<Result<_, _>>()?;
         let sub_plans: HashMap<String, String> =
             sqlx::query_as::<_, (String, String)>("SELECT tenant_id, plan FROM subscriptions")
                 .fetch_all(&mut *tx)
