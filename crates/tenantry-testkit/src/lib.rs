@@ -2,6 +2,12 @@
 //! to a fresh folder, read its logs, talk HTTP to it, and run sample origins. Everything a
 //! helper starts is stopped when the helper is dropped.
 
+mod redis;
+
+pub use redis::{
+    RedisServer, SHARED_REDIS_URL, free_port, redis_server_or_skip, shared_redis_or_skip,
+};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,28 +2,18 @@
 //! throw-away `redis-server` processes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tenantry_limits::{Decision, Limiter, Rate, Source};
 
 /// The shared test Redis.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-/// Whether a missing service must fail the test (`TENANTRY_REQUIRE_SERVICES=1`, as in CI).
-pub fn services_required() -> bool {
-    std::env::var("TENANTRY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-/// Prints `skipped: <reason>`, or panics when services are required.
-pub fn skip_or_fail(reason: &str) {
-    if services_required() {
-        panic!("{reason} (TENANTRY_REQUIRE_SERVICES=1)");
-    }
-    eprintln!("skipped: {reason}");
-}
+#[allow(unused_imports)]
+pub use tenantry_testkit::{
+    RedisServer, free_port, redis_server_or_skip, services_required, skip_or_fail,
+};
 
 /// The shared Redis URL if it answers PING; otherwise skips (or fails, see
 /// [`skip_or_fail`]) and returns `None`.
@@ -83,93 +73,6 @@ pub async fn cleanup(url: &str, prefix: &str) {
         .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Whether `redis-server` can be run; skips (or fails) when not.
-pub fn redis_server_or_skip() -> bool {
-    let ok = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip_or_fail("redis-server is not on PATH");
-    }
-    ok
-}
-
-/// A `redis-server` child on 127.0.0.1:`port`, killed when dropped.
-pub struct RedisServer {
-    child: Option<Child>,
-    pub port: u16,
-}
-
-impl RedisServer {
-    /// Starts a server without persistence and waits until it accepts connections.
-    pub fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().display().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let server = RedisServer {
-            child: Some(child),
-            port,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Sends a signal (`STOP`, `CONT`, ...) with kill(1).
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to exit.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
