@@ -73,7 +73,7 @@ impl Cluster {
         base: PathBuf,
     ) -> Result<Arc<Self>> {
         let client =
-            redis::Client::open(url).with_context(|| format!("invalid Redis URL {url}"))?;
+            tenantry_limits::client_for(url).with_context(|| format!("invalid Redis URL {url}"))?;
         let node = node.unwrap_or_else(default_node_id);
         let c = Arc::new(Cluster {
             node,
