@@ -391,30 +391,21 @@ impl Quotas {
     }
 
     /// Whether the tenant's bandwidth for the current billing period is spent (this node's
-    /// view, at most a flush interval old).
-    pub fn bandwidth_window(
-        &self,
-        tenant: &TenantId,
-        anchor: Option<u64>,
-        a: &Admission,
-        now_ms: u64,
-    ) -> Option<(u64, u64)> {
+    /// view, at most a flush interval old): the period and the time now, if so. The clock is
+    /// read only for a tenant at its limit; the period is the one its last flush recorded.
+    pub fn bandwidth_spent(&self, tenant: &TenantId, a: &Admission) -> Option<((u64, u64), u64)> {
         let limit = a.bandwidth_bytes?;
-        let map = self.lock();
-        let b = map.get(tenant)?;
-        let window = billing_period(anchor, now_ms);
-        (b.window == window && b.used >= limit).then_some(window)
+        let window = {
+            let map = self.lock();
+            let b = map.get(tenant).filter(|b| b.used >= limit)?;
+            b.window
+        };
+        let now = unix_ms();
+        (window.0 <= now && now < window.1).then_some((window, now))
     }
 
     /// Adds a finished request's bytes to its tenant's pending bandwidth.
-    pub fn add_bandwidth(
-        &self,
-        tenant: &TenantId,
-        anchor: Option<u64>,
-        a: &Admission,
-        bytes: u64,
-        now_ms: u64,
-    ) {
+    pub fn add_bandwidth(&self, tenant: &TenantId, anchor: Option<u64>, a: &Admission, bytes: u64) {
         let Some(limit) = a.bandwidth_bytes else {
             return;
         };
@@ -436,7 +427,7 @@ impl Quotas {
                         pending: bytes,
                         used: 0,
                         limit,
-                        window: billing_period(anchor, now_ms),
+                        window: billing_period(anchor, unix_ms()),
                         anchor,
                         on_quota: a.on_quota,
                     },

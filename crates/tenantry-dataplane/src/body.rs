@@ -100,28 +100,29 @@ impl Tap {
     }
 
     /// Quotas: the request's bytes to the tenant's bandwidth, an LLM response's tokens to its
-    /// tokens-per-minute counter (added off the response path, in a task).
+    /// tokens-per-minute counter (found and added off the response path).
     fn account(&mut self) {
         let Some(route) = &self.route else { return };
         let Some(adm) = &route.admission else { return };
-        let now = crate::admission::unix_ms();
         self.gw.quotas.add_bandwidth(
             &route.tenant,
             route.billing_anchor_ms(),
             adm,
             self.bytes + self.request_bytes,
-            now,
         );
         let Some(scanner) = self.usage.take() else {
             return;
         };
-        let Some(usage) = scanner.finish() else {
-            return;
-        };
+        // Finishing may parse a large JSON body or tokenize text for an estimate: not on the
+        // worker that serves requests.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let gw = Arc::clone(&self.gw);
             let route = Arc::clone(route);
             rt.spawn(async move {
+                let Ok(Some(usage)) = tokio::task::spawn_blocking(move || scanner.finish()).await
+                else {
+                    return;
+                };
                 if let Some(adm) = &route.admission {
                     gw.quotas
                         .add_tokens(

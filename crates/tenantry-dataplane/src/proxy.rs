@@ -333,11 +333,7 @@ async fn admit(
             return Err(Refusal::plain(ErrorCode::RateLimited));
         }
     }
-    let now = admission::unix_ms();
-    if let Some(window) =
-        gw.quotas
-            .bandwidth_window(&route.tenant, route.billing_anchor_ms(), adm, now)
-    {
+    if let Some((window, now)) = gw.quotas.bandwidth_spent(&route.tenant, adm) {
         route.metrics.refused(Refused::Quota);
         admission::quota_reached(adm.on_quota, QuotaKind::BandwidthMonth, window, now)?;
     }

@@ -779,25 +779,8 @@ impl<'a> PlatformStore<'a> {
             // The file's policy wins, like its routes (absent: unrestricted).
             let policy = policies.remove(&t);
             if policy != spec.policy {
-                let text = spec.policy.as_ref().map(codec::to_text).transpose()?;
-                sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
-                    .bind(&t)
-                    .bind(text)
-                    .execute(&mut *tx)
+                sql::write_policy(&mut tx, &actor, &t, policy.as_ref(), spec.policy.as_ref())
                     .await?;
-                let json = |p: Option<&tenantry_config::PolicySpec>| {
-                    serde_json::to_value(p).unwrap_or(Value::Null)
-                };
-                sql::write_audit(
-                    &mut tx,
-                    &actor,
-                    Some(&t),
-                    "tenant.policy",
-                    &t,
-                    Some(&json(policy.as_ref())),
-                    Some(&json(spec.policy.as_ref())),
-                )
-                .await?;
                 changed.insert(id.clone());
             }
             let mut wanted = spec.routes.clone();

@@ -241,6 +241,33 @@ pub(crate) async fn fetch_policy(
         .transpose()
 }
 
+/// Replaces a tenant's stored LLM policy and records the change (`tenant.policy`).
+pub(crate) async fn write_policy(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    tenant: &str,
+    before: Option<&PolicySpec>,
+    after: Option<&PolicySpec>,
+) -> Result<(), StoreError> {
+    let text = after.map(codec::to_text).transpose()?;
+    sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
+        .bind(tenant)
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+    let json = |p: Option<&PolicySpec>| serde_json::to_value(p).unwrap_or(Value::Null);
+    write_audit(
+        conn,
+        actor,
+        Some(tenant),
+        "tenant.policy",
+        tenant,
+        Some(&json(before)),
+        Some(&json(after)),
+    )
+    .await
+}
+
 /// Every tenant's stored LLM policy, keyed by tenant id.
 pub(crate) async fn fetch_all_policies(
     conn: &mut AnyConnection,

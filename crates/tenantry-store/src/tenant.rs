@@ -137,22 +137,7 @@ impl<'a> TenantScope<'a> {
         let mut tx = self.write().await?;
         sql::lock_tenant(&mut tx, self.t(), now).await?;
         let before = sql::fetch_policy(&mut tx, self.t()).await?;
-        let text = policy.map(crate::codec::to_text).transpose()?;
-        sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
-            .bind(self.t())
-            .bind(text)
-            .execute(&mut *tx)
-            .await?;
-        let json = |p: Option<&PolicySpec>| serde_json::to_value(p).unwrap_or(Value::Null);
-        self.audit_row(
-            &mut tx,
-            actor,
-            "tenant.policy",
-            self.t(),
-            Some(&json(before.as_ref())),
-            Some(&json(policy)),
-        )
-        .await?;
+        sql::write_policy(&mut tx, actor, self.t(), before.as_ref(), policy).await?;
         tx.commit().await?;
         Ok(policy.cloned())
     }

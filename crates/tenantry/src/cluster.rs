@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tenantry_dataplane::Gateway;
-use tenantry_dataplane::admission::QuotaEvent;
+use tenantry_dataplane::admission::{QuotaEvent, unix_ms};
 use tenantry_domain::{Change, OnQuota, TenantId};
 use tenantry_store::{Actor, Store};
 
@@ -40,12 +40,6 @@ const LIVE_MS: u64 = 10_000;
 const FORGET_MS: u64 = 300_000;
 /// Redis calls of the cluster tasks give up after this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// This node's view of the cluster.
 pub struct Cluster {
@@ -178,13 +172,15 @@ impl Cluster {
         let event = quota_json(e, &self.node);
         tokio::spawn(async move {
             if let Some(mut conn) = c.conn().await {
-                let r: Result<Result<(), _>, _> = tokio::time::timeout(
+                match tokio::time::timeout(
                     CALL_TIMEOUT,
                     conn.publish::<_, _, ()>(EVENTS, event.to_string()),
                 )
-                .await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::debug!("cluster: quota event not published");
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cluster: quota event not published"),
+                    Err(_) => tracing::warn!("cluster: quota event not published: Redis timed out"),
                 }
             }
         });
@@ -348,8 +344,16 @@ impl Cluster {
                     .await?;
                 conn.hgetall::<_, Vec<(String, String)>>(NODES_KEY).await
             };
-            let Ok(Ok(nodes)) = tokio::time::timeout(CALL_TIMEOUT, beat).await else {
-                continue;
+            let nodes = match tokio::time::timeout(CALL_TIMEOUT, beat).await {
+                Ok(Ok(nodes)) => nodes,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster: heartbeat failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!("cluster: heartbeat timed out");
+                    continue;
+                }
             };
             let mut live = 0_u32;
             for (id, v) in &nodes {
