@@ -16,8 +16,9 @@ pub use spec::{
 };
 pub use validate::{
     AuthSettings, ClusterSettings, GatewayConfig, JwtKeyFiles, RedisFallback, ServerSettings,
-    StoredTenant, UpstreamSettings, load_file, parse_yaml, tenant_from_store, validate,
-    validate_policy_spec, validate_redis_url, validate_route_spec,
+    StoredTenant, UpstreamSettings, WafLargeBody, WafLevelTuning, WafSettings, WafUnavailable,
+    load_file, parse_yaml, tenant_from_store, validate, validate_policy_spec, validate_redis_url,
+    validate_route_spec,
 };
 
 pub use tenantry_domain::Snapshot;

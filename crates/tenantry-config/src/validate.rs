@@ -53,6 +53,100 @@ pub struct ServerSettings {
     pub on_redis_error: RedisFallback,
     /// Cluster settings.
     pub cluster: ClusterSettings,
+    /// WAF engine settings (top-level `waf`).
+    pub waf: WafSettings,
+}
+
+/// What happens to a body larger than `waf.max_body`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WafLargeBody {
+    /// Answer `413 payload_too_large`.
+    Reject,
+    /// Inspect the first `max_body` bytes, stream the rest uninspected.
+    #[default]
+    InspectPartial,
+}
+
+/// What routes with a WAF level do when libmodsecurity or the rules cannot be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WafUnavailable {
+    /// Answer `503 waf_unavailable` on those routes.
+    #[default]
+    Deny,
+    /// Serve them uninspected (a warning is logged at start-up and counted).
+    Allow,
+}
+
+/// CRS tuning of one WAF level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WafLevelTuning {
+    /// CRS paranoia level whose rules count toward blocking (1–4).
+    pub paranoia: u8,
+    /// CRS paranoia level whose rules run and are logged (≥ `paranoia`, ≤ 4).
+    pub executing_paranoia: u8,
+    /// Inbound anomaly score at which a request is blocked.
+    pub threshold: u32,
+}
+
+/// The top-level `waf` section: how the engine is loaded and run, and what each level means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WafSettings {
+    /// Shared library to load (`library`; default `libmodsecurity.so.3`).
+    pub library: String,
+    /// OWASP CRS directory holding `rules/` (`crs`; default `/usr/share/modsecurity-crs`).
+    pub crs_dir: PathBuf,
+    /// Largest body inspected, in bytes (`max_body`; default 128 KiB).
+    pub max_body: usize,
+    /// What happens to larger bodies (`on_large_body`).
+    pub on_large_body: WafLargeBody,
+    /// What happens when the engine cannot be loaded (`on_unavailable`).
+    pub on_unavailable: WafUnavailable,
+    /// Inspection threads (`workers`; `None`: one per core).
+    pub workers: Option<usize>,
+    /// Inspections waiting for a thread before requests get `503 waf_busy` (`queue`).
+    pub queue: usize,
+    /// File receiving one line per libmodsecurity log message (`match_log`), for audits and
+    /// the CRS regression suite.
+    pub match_log: Option<PathBuf>,
+    /// Rule files included after the CRS in every rules set (`extra_rules`).
+    pub extra_rules: Vec<PathBuf>,
+    /// `levels.basic`: default paranoia 1, threshold 10.
+    pub basic: WafLevelTuning,
+    /// `levels.standard`: default paranoia 1, threshold 5.
+    pub standard: WafLevelTuning,
+    /// `levels.strict`: default paranoia 2 (rules up to 3 run and are logged), threshold 5.
+    pub strict: WafLevelTuning,
+}
+
+impl Default for WafSettings {
+    fn default() -> Self {
+        Self {
+            library: "libmodsecurity.so.3".to_owned(),
+            crs_dir: PathBuf::from("/usr/share/modsecurity-crs"),
+            max_body: 128 * 1024,
+            on_large_body: WafLargeBody::default(),
+            on_unavailable: WafUnavailable::default(),
+            workers: None,
+            queue: 1024,
+            match_log: None,
+            extra_rules: Vec::new(),
+            basic: WafLevelTuning {
+                paranoia: 1,
+                executing_paranoia: 1,
+                threshold: 10,
+            },
+            standard: WafLevelTuning {
+                paranoia: 1,
+                executing_paranoia: 1,
+                threshold: 5,
+            },
+            strict: WafLevelTuning {
+                paranoia: 2,
+                executing_paranoia: 3,
+                threshold: 5,
+            },
+        }
+    }
 }
 
 /// What rate limiting does while Redis is unreachable.
@@ -459,6 +553,7 @@ fn validate_server(
             node_id: cl.node_id,
             config_ttl,
         },
+        waf: WafSettings::default(),
     })
 }
 
@@ -569,6 +664,7 @@ pub fn tenant_from_store(t: StoredTenant<'_>, base: &Path) -> Result<Tenant, Con
         limits: t.limits.cloned(),
         suspended: t.suspended,
         policy,
+        waf: None,
         billing_anchor_ms: t.billing_anchor_ms,
         routes: out,
     })
@@ -665,6 +761,7 @@ fn validate_tenant(
         limits: None,
         suspended: false,
         policy,
+        waf: None,
         billing_anchor_ms: None,
         routes,
     })
@@ -846,6 +943,7 @@ fn validate_route(
         algorithm,
         kind,
         ratelimit,
+        waf: None,
         tls,
         health_check,
         backends,

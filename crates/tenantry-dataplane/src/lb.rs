@@ -126,6 +126,7 @@ mod tests {
             limits: None,
             suspended: false,
             policy: None,
+            waf: None,
             billing_anchor_ms: None,
             routes: vec![Route {
                 id: RouteId::parse("r").unwrap(),
@@ -134,6 +135,7 @@ mod tests {
                 algorithm,
                 kind: Default::default(),
                 ratelimit: None,
+                waf: None,
                 tls: None,
                 health_check: None,
                 backends: weights

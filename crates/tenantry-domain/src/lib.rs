@@ -18,7 +18,7 @@ pub use plan::{
     default_plans, derive_limits, rfc3339,
 };
 pub use route::{
-    Algorithm, Backend, BackendState, HealthCheck, RateLimitKey, Route, RouteKind, RouteRateLimit,
-    Tenant, TenantPolicy, TlsFiles,
+    Algorithm, Backend, BackendState, EffectiveWaf, HealthCheck, RateLimitKey, Route, RouteKind,
+    RouteRateLimit, RouteWaf, Tenant, TenantPolicy, TenantWaf, TlsFiles, WafMode,
 };
 pub use snapshot::{Change, Conflict, Snapshot};

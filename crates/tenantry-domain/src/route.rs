@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BackendAddr, HostPattern, PlanLimits, RouteId, TenantId};
+use crate::{BackendAddr, HostPattern, PlanLimits, RouteId, TenantId, WafLevel};
 
 /// How a route picks a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -184,6 +184,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// The route's own rate limit (boxed: most routes use the plan's).
     pub ratelimit: Option<Box<RouteRateLimit>>,
+    /// The route's WAF override (`None`: the tenant's settings apply).
+    pub waf: Option<RouteWaf>,
     /// Certificate for the host, if served over TLS (boxed: most routes have none).
     pub tls: Option<Box<TlsFiles>>,
     /// Active health checks, if any (shared with the data plane's runtime route).
@@ -225,6 +227,8 @@ pub struct Tenant {
     pub suspended: bool,
     /// Allowed models and tools on LLM routes (`None`: anything).
     pub policy: Option<Arc<TenantPolicy>>,
+    /// The tenant's WAF settings (`None`: the plan's level, blocking, no exclusions).
+    pub waf: Option<Arc<TenantWaf>>,
     /// Start of the subscription's first billing period (unix ms): monthly quotas reset on
     /// this day of each month. `None` for a tenant not yet in the store (calendar months).
     pub billing_anchor_ms: Option<u64>,
@@ -245,6 +249,92 @@ impl TenantPolicy {
     /// Whether the policy restricts nothing.
     pub fn is_open(&self) -> bool {
         self.allowed_models.is_none() && self.allowed_tools.is_none()
+    }
+}
+
+/// Whether the WAF blocks what it catches or only reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WafMode {
+    /// Requests the rules condemn are answered `403 waf_blocked`.
+    #[default]
+    Block,
+    /// Log and count what would be blocked, never block (for onboarding a tenant).
+    Detect,
+}
+
+impl WafMode {
+    /// All modes.
+    pub const ALL: [WafMode; 2] = [WafMode::Block, WafMode::Detect];
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WafMode::Block => "block",
+            WafMode::Detect => "detect",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// A tenant's WAF settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TenantWaf {
+    /// The level for the tenant's routes (`None`: the plan's `waf_level`).
+    pub level: Option<WafLevel>,
+    /// Block or only detect.
+    pub mode: WafMode,
+    /// Rule ids never applied to this tenant's requests (false positives), sorted and
+    /// deduplicated.
+    pub exclusions: Box<[u32]>,
+}
+
+/// A route's WAF override; unset fields fall back to the tenant's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RouteWaf {
+    /// The level for this route.
+    pub level: Option<WafLevel>,
+    /// The mode for this route.
+    pub mode: Option<WafMode>,
+}
+
+/// What the WAF does on one route, once plan, tenant and route settings are combined.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EffectiveWaf {
+    /// The level (`Off`: no inspection at all).
+    pub level: WafLevel,
+    /// Block or only detect.
+    pub mode: WafMode,
+    /// Rule ids not applied.
+    pub exclusions: Box<[u32]>,
+}
+
+impl Tenant {
+    /// The WAF settings of route `r`: the route's override, else the tenant's settings, else
+    /// the plan's level (`plan_level`, for a tenant whose limits are not derived yet).
+    pub fn effective_waf(&self, r: &Route) -> EffectiveWaf {
+        let tenant = self.waf.as_deref();
+        let plan = self.limits.as_deref().map(|l| l.waf_level);
+        let level = r
+            .waf
+            .and_then(|w| w.level)
+            .or(tenant.and_then(|t| t.level))
+            .or(plan)
+            .unwrap_or_default();
+        let mode = r
+            .waf
+            .and_then(|w| w.mode)
+            .or(tenant.map(|t| t.mode))
+            .unwrap_or_default();
+        let exclusions = tenant.map(|t| t.exclusions.clone()).unwrap_or_default();
+        EffectiveWaf {
+            level,
+            mode,
+            exclusions,
+        }
     }
 }
 

@@ -180,6 +180,7 @@ mod tests {
             limits: None,
             suspended: false,
             policy: None,
+            waf: None,
             billing_anchor_ms: None,
             routes: hosts
                 .iter()
@@ -191,6 +192,7 @@ mod tests {
                     algorithm: Algorithm::RoundRobin,
                     kind: Default::default(),
                     ratelimit: None,
+                    waf: None,
                     tls: None,
                     health_check: None,
                     backends: vec![Backend {

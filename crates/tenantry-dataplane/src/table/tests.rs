@@ -16,6 +16,7 @@ fn route(id: &str, host: &str, prefix: &str, port: u16) -> Route {
         algorithm: Algorithm::RoundRobin,
         kind: Default::default(),
         ratelimit: None,
+        waf: None,
         tls: None,
         health_check: None,
         backends: vec![Backend {
@@ -33,6 +34,7 @@ fn tenant(id: &str, routes: Vec<Route>) -> Tenant {
         limits: None,
         suspended: false,
         policy: None,
+        waf: None,
         billing_anchor_ms: None,
         routes,
     }
