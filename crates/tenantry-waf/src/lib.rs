@@ -1,0 +1,461 @@
+//! Tenantry's web application firewall: the OWASP Core Rule Set evaluated by libmodsecurity 3.
+//!
+//! - **Loading.** [`Waf::start`] opens `libmodsecurity.so.3` at run time (see `ffi`), so a
+//!   machine without it still builds and runs Tenantry; the caller decides what routes that
+//!   need the WAF do then (`waf.on_unavailable`).
+//! - **Rules sets.** One compiled set per [`RulesKey`] (level, mode, exclusions), built on
+//!   first use and shared by every route with that key: tenants of a plan without their own
+//!   exclusions share one set per level. A set holds Tenantry's engine directives, the level's
+//!   CRS tuning, the CRS rules from the configured directory, and `waf.extra_rules`.
+//! - **Inspection.** [`Waf::inspect`] queues the request on a bounded pool of threads (each
+//!   with its own libmodsecurity instance) and awaits the [`Verdict`]: the proxy's event loops
+//!   never run a rule. A full queue, or one tenant holding half of it, answers
+//!   [`WafError::Busy`] at once instead of delaying everyone.
+//!
+//! Only the `ffi` module may use `unsafe` (the workspace denies it everywhere else).
+
+mod ffi;
+mod log;
+mod rules;
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_void};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Version};
+use tenantry_config::WafSettings;
+use tenantry_domain::{TenantId, WafMode};
+use tokio::sync::oneshot;
+
+pub use rules::RulesKey;
+
+type FastMap<K, V> = HashMap<K, V>;
+
+/// Why the WAF could not give a verdict.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WafError {
+    /// libmodsecurity could not be loaded.
+    #[error("WAF engine unavailable: {0}")]
+    Unavailable(String),
+    /// A rules set failed to compile (a missing CRS directory, a bad extra rule file).
+    #[error("WAF rules could not be loaded: {0}")]
+    Rules(String),
+    /// Every inspection slot is taken (or the tenant holds its share of them).
+    #[error("WAF inspection queue is full")]
+    Busy,
+    /// The inspection threads are gone (shutting down) or the inspection failed.
+    #[error("WAF inspection failed")]
+    Failed,
+}
+
+/// A compiled rules set.
+pub struct RuleSet {
+    rules: ffi::Rules,
+    key: RulesKey,
+    count: usize,
+}
+
+impl RuleSet {
+    /// What the set was compiled for.
+    pub fn key(&self) -> &RulesKey {
+        &self.key
+    }
+
+    /// Number of rules libmodsecurity loaded.
+    pub fn rule_count(&self) -> usize {
+        self.count
+    }
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("key", &self.key)
+            .field("rules", &self.count)
+            .finish()
+    }
+}
+
+/// The request as the WAF sees it.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The gateway's request id (libmodsecurity's `unique_id`).
+    pub request_id: String,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The listener's address.
+    pub server: SocketAddr,
+    /// The method.
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub uri: String,
+    /// The HTTP version.
+    pub version: Version,
+    /// The request headers, `Host` included (for HTTP/2, from `:authority`).
+    pub headers: HeaderMap,
+    /// The body, at most `waf.max_body` bytes.
+    pub body: Bytes,
+    /// Whether `body` is only the first `waf.max_body` bytes of a longer body.
+    pub body_partial: bool,
+}
+
+/// What the WAF decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing condemned the request.
+    Pass,
+    /// The request is refused (`mode: block`).
+    Block,
+    /// The request would have been refused, but the mode is `detect`.
+    Detect,
+}
+
+impl Action {
+    /// The metrics label: `pass`, `block` or `detect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Block => "block",
+            Action::Detect => "detect",
+        }
+    }
+}
+
+/// The outcome of one inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Pass, block or (detect mode) would-block.
+    pub action: Action,
+    /// The status the deciding rule asked for (403 for the CRS's anomaly evaluation, 400 for
+    /// an unreadable body).
+    pub status: u16,
+    /// Rules that matched, in order (the CRS's scoring rules left out).
+    pub rule_ids: Vec<u32>,
+    /// Names of the variables they matched (`ARGS:q`), never their values.
+    pub variables: Vec<String>,
+}
+
+struct Job {
+    rules: Arc<RuleSet>,
+    request: Inspection,
+    reply: oneshot::Sender<Verdict>,
+}
+
+struct Inner {
+    settings: WafSettings,
+    api: &'static ffi::Api,
+    version: String,
+    sets: Mutex<FastMap<RulesKey, Weak<RuleSet>>>,
+    queue: SyncSender<Job>,
+    /// Inspections queued or running, per tenant.
+    per_tenant: Mutex<FastMap<TenantId, usize>>,
+    /// Most inspections one tenant may have queued or running.
+    tenant_share: usize,
+    workers: usize,
+    pending: AtomicUsize,
+}
+
+/// The WAF engine: the library, the compiled rules sets and the inspection threads.
+/// Cloning shares them.
+#[derive(Clone)]
+pub struct Waf {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Waf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waf")
+            .field("version", &self.inner.version)
+            .field("workers", &self.inner.workers)
+            .finish()
+    }
+}
+
+impl Waf {
+    /// Loads libmodsecurity and starts the inspection threads. Rules sets are compiled on
+    /// first use ([`Waf::rules`]).
+    pub fn start(settings: &WafSettings) -> Result<Waf, WafError> {
+        let api = ffi::Api::load(&settings.library)
+            .map_err(|e| WafError::Unavailable(format!("{}: {e}", settings.library)))?;
+        let match_log = match &settings.match_log {
+            Some(p) => Some(Arc::new(log::MatchLog::open(p).map_err(|e| {
+                WafError::Unavailable(format!("waf.match_log {}: {e}", p.display()))
+            })?)),
+            None => None,
+        };
+        let connector = concat!("Tenantry v", env!("CARGO_PKG_VERSION"));
+        let probe =
+            ffi::Engine::new(api, connector, ffi::log_callback).map_err(WafError::Unavailable)?;
+        let version = probe.version();
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let capacity = settings.queue.max(1);
+        let (tx, rx) = sync_channel::<Job>(capacity);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut engines = vec![probe];
+        for _ in 1..workers {
+            engines.push(
+                ffi::Engine::new(api, connector, ffi::log_callback)
+                    .map_err(WafError::Unavailable)?,
+            );
+        }
+        for (i, engine) in engines.into_iter().enumerate() {
+            let rx = Arc::clone(&rx);
+            let log = match_log.clone();
+            std::thread::Builder::new()
+                .name(format!("tenantry-waf-{i}"))
+                .spawn(move || worker(engine, &rx, log.as_deref()))
+                .map_err(|e| WafError::Unavailable(format!("inspection thread: {e}")))?;
+        }
+        Ok(Waf {
+            inner: Arc::new(Inner {
+                settings: settings.clone(),
+                api,
+                version,
+                sets: Mutex::default(),
+                queue: tx,
+                per_tenant: Mutex::default(),
+                tenant_share: (capacity + workers).div_ceil(2),
+                workers,
+                pending: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The library's name and version, e.g. `ModSecurity v3.0.9 (Linux)`.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// The settings the engine runs with.
+    pub fn settings(&self) -> &WafSettings {
+        &self.inner.settings
+    }
+
+    /// Inspections queued or running.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::Relaxed)
+    }
+
+    /// The rules set for `key`, compiled now if no route uses it yet (tens of milliseconds
+    /// with the full CRS: call it when building routes, not per request).
+    pub fn rules(&self, key: &RulesKey) -> Result<Arc<RuleSet>, WafError> {
+        let mut sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = sets.get(key).and_then(Weak::upgrade) {
+            return Ok(set);
+        }
+        sets.retain(|_, w| w.strong_count() > 0);
+        let text = rules::text(&self.inner.settings, key);
+        let started = std::time::Instant::now();
+        let (compiled, count) =
+            ffi::Rules::parse(self.inner.api, &text).map_err(WafError::Rules)?;
+        tracing::info!(
+            level = key.level.as_str(),
+            mode = key.mode.as_str(),
+            exclusions = key.exclusions.len(),
+            rules = count,
+            ms = started.elapsed().as_millis() as u64,
+            "WAF rules set compiled"
+        );
+        let set = Arc::new(RuleSet {
+            rules: compiled,
+            key: key.clone(),
+            count,
+        });
+        sets.insert(key.clone(), Arc::downgrade(&set));
+        Ok(set)
+    }
+
+    /// Inspects a request with `rules` on the pool, for `tenant` (whose share of the queue
+    /// is bounded).
+    pub async fn inspect(
+        &self,
+        rules: &Arc<RuleSet>,
+        tenant: &TenantId,
+        request: Inspection,
+    ) -> Result<Verdict, WafError> {
+        let _slot = Slot::take(&self.inner, tenant)?;
+        let (reply, verdict) = oneshot::channel();
+        let job = Job {
+            rules: Arc::clone(rules),
+            request,
+            reply,
+        };
+        match self.inner.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(WafError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(WafError::Failed),
+        }
+        verdict.await.map_err(|_| WafError::Failed)
+    }
+}
+
+/// One tenant's claim on the queue, released when the inspection ends or is abandoned.
+struct Slot<'a> {
+    inner: &'a Inner,
+    tenant: TenantId,
+}
+
+impl<'a> Slot<'a> {
+    fn take(inner: &'a Inner, tenant: &TenantId) -> Result<Slot<'a>, WafError> {
+        let mut map = inner.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(tenant.clone()).or_insert(0);
+        if *n >= inner.tenant_share {
+            return Err(WafError::Busy);
+        }
+        *n += 1;
+        inner.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            inner,
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self
+            .inner
+            .per_tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Buffers one thread reuses from request to request for the strings libmodsecurity needs
+/// NUL-terminated.
+#[derive(Default)]
+struct Scratch {
+    id: Vec<u8>,
+    client: Vec<u8>,
+    server: Vec<u8>,
+    uri: Vec<u8>,
+    method: Vec<u8>,
+}
+
+/// `s` NUL-terminated in `buf` (cut at an inner NUL, which no valid request line holds).
+fn cstr<'b>(buf: &'b mut Vec<u8>, s: &[u8]) -> &'b CStr {
+    buf.clear();
+    buf.extend_from_slice(s);
+    buf.push(0);
+    CStr::from_bytes_until_nul(buf).unwrap_or(c"")
+}
+
+fn worker(engine: ffi::Engine, rx: &Mutex<Receiver<Job>>, match_log: Option<&log::MatchLog>) {
+    let mut scratch = Scratch::default();
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            evaluate(&engine, &job.rules, &job.request, match_log, &mut scratch)
+        }));
+        match result {
+            Ok(verdict) => {
+                let _ = job.reply.send(verdict);
+            }
+            Err(_) => {
+                tracing::error!(request_id = %job.request.request_id, "WAF inspection panicked");
+                scratch = Scratch::default();
+            }
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static CStr {
+    match v {
+        Version::HTTP_09 => c"0.9",
+        Version::HTTP_10 => c"1.0",
+        Version::HTTP_2 => c"2.0",
+        Version::HTTP_3 => c"3.0",
+        _ => c"1.1",
+    }
+}
+
+/// Runs one transaction.
+fn evaluate(
+    engine: &ffi::Engine,
+    set: &RuleSet,
+    req: &Inspection,
+    match_log: Option<&log::MatchLog>,
+    s: &mut Scratch,
+) -> Verdict {
+    let mut collector = log::Collector {
+        match_log,
+        ..Default::default()
+    };
+    let mut decided: Vec<Vec<u8>> = Vec::new();
+    let disruption = {
+        let id = cstr(&mut s.id, req.request_id.as_bytes());
+        let data = std::ptr::from_mut(&mut collector).cast::<c_void>();
+        let Some(mut tx) = ffi::Transaction::new(engine, &set.rules, id, data) else {
+            return Verdict {
+                action: Action::Pass,
+                status: 200,
+                rule_ids: Vec::new(),
+                variables: Vec::new(),
+            };
+        };
+        let client = cstr(&mut s.client, req.client.ip().to_string().as_bytes());
+        let server = cstr(&mut s.server, req.server.ip().to_string().as_bytes());
+        tx.connection(client, req.client.port(), server, req.server.port());
+        let uri = cstr(&mut s.uri, req.uri.as_bytes());
+        let method = cstr(&mut s.method, req.method.as_str().as_bytes());
+        tx.uri(uri, method, version_str(req.version));
+        for (name, value) in &req.headers {
+            if name.as_str() == rules::PARTIAL_BODY_HEADER {
+                continue;
+            }
+            tx.header(name.as_str().as_bytes(), value.as_bytes());
+        }
+        if req.body_partial {
+            tx.header(rules::PARTIAL_BODY_HEADER.as_bytes(), b"1");
+        }
+        tx.process_headers();
+        // The deciding rule's message comes with the intervention, not through the callback.
+        let mut disruption = tx.intervention(|m| decided.push(m.to_vec()));
+        if disruption.is_none() {
+            tx.append_body(&req.body);
+            tx.process_body();
+            disruption = tx.intervention(|m| decided.push(m.to_vec()));
+        }
+        if match_log.is_some() {
+            tx.process_logging();
+        }
+        disruption
+    };
+    for m in &decided {
+        collector.push(m);
+    }
+    let action = match (set.key.mode, disruption) {
+        (WafMode::Block, Some(_)) => Action::Block,
+        (WafMode::Detect, _) if collector.inbound_exceeded => Action::Detect,
+        _ => Action::Pass,
+    };
+    Verdict {
+        action,
+        status: disruption.map_or(200, |d| d.status),
+        rule_ids: collector.rule_ids,
+        variables: collector.variables,
+    }
+}
+
+#[cfg(test)]
+mod tests;
