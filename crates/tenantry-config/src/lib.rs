@@ -11,14 +11,15 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use spec::{
     AdminSpec, AuthSpec, BackendSpec, ClusterSpec, GatewaySpec, HealthCheckSpec, JwtSpec,
-    LimitsSpec, MetricsSpec, PolicySpec, RateLimitSpec, RouteSpec, RuntimeSpec, ShutdownSpec,
-    TenantSpec, TlsSpec, UpstreamSpec,
+    LimitsSpec, MetricsSpec, PolicySpec, RateLimitSpec, RouteSpec, RouteWafSpec, RuntimeSpec,
+    ShutdownSpec, TenantSpec, TenantWafSpec, TlsSpec, UpstreamSpec, WafLevelSpec, WafLevelsSpec,
+    WafSpec,
 };
 pub use validate::{
     AuthSettings, ClusterSettings, GatewayConfig, JwtKeyFiles, RedisFallback, ServerSettings,
     StoredTenant, UpstreamSettings, WafLargeBody, WafLevelTuning, WafSettings, WafUnavailable,
     load_file, parse_yaml, tenant_from_store, validate, validate_policy_spec, validate_redis_url,
-    validate_route_spec,
+    validate_route_spec, validate_waf_spec,
 };
 
 pub use tenantry_domain::Snapshot;

@@ -65,9 +65,81 @@ pub struct GatewaySpec {
     /// Cluster settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSpec>,
+    /// WAF engine settings (libmodsecurity and the OWASP CRS) and what each level means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf: Option<WafSpec>,
     /// The tenants and their routes.
     #[serde(default, deserialize_with = "shrunk")]
     pub tenants: Vec<TenantSpec>,
+}
+
+/// `waf:` section: how the WAF engine is loaded and run. Relative paths are relative to the
+/// config file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafSpec {
+    /// Shared library to load (default `libmodsecurity.so.3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// OWASP CRS directory holding `rules/` (default `/usr/share/modsecurity-crs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crs: Option<String>,
+    /// Largest body inspected, in bytes (default 131072).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<usize>,
+    /// What happens to larger bodies: `reject` (413) or `inspect_partial` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_large_body: Option<String>,
+    /// What routes with a WAF level do when the engine cannot be loaded: `deny` (default,
+    /// 503) or `allow` (served uninspected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unavailable: Option<String>,
+    /// Inspection threads (default: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Inspections waiting for a thread before requests get `503 waf_busy` (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// File receiving one line per libmodsecurity log message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_log: Option<String>,
+    /// Rule files included after the CRS in every rules set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_rules: Option<Vec<String>>,
+    /// CRS tuning of each level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<WafLevelsSpec>,
+}
+
+/// `waf.levels:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafLevelsSpec {
+    /// Default paranoia 1, threshold 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<WafLevelSpec>,
+    /// Default paranoia 1, threshold 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standard: Option<WafLevelSpec>,
+    /// Default paranoia 2 (rules up to 3 run and are logged), threshold 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<WafLevelSpec>,
+}
+
+/// CRS tuning of one WAF level (`waf.levels.<level>`); unset keys keep the level's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafLevelSpec {
+    /// CRS paranoia level whose rules count toward blocking (1–4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paranoia: Option<u64>,
+    /// CRS paranoia level whose rules run and are logged (`paranoia` to 4; default
+    /// `paranoia`, or 3 for `strict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executing_paranoia: Option<u64>,
+    /// Inbound anomaly score at which a request is blocked (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
 }
 
 /// `cluster:` section.
@@ -192,6 +264,9 @@ pub struct TenantSpec {
     /// Allowed models and tools on the tenant's LLM routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
+    /// WAF level, mode and rule exclusions for the tenant's routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf: Option<TenantWafSpec>,
     /// The tenant's routes.
     #[serde(default, deserialize_with = "shrunk")]
     pub routes: Vec<RouteSpec>,
@@ -218,6 +293,9 @@ pub struct RouteSpec {
     /// The route's own rate limit, replacing the plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<RateLimitSpec>,
+    /// The route's WAF level and mode, replacing the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf: Option<RouteWafSpec>,
     /// Certificate for the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Box<TlsSpec>>,
@@ -241,6 +319,35 @@ pub struct PolicySpec {
     /// Tools a request may offer in `tools[].function.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_tools: Option<Vec<String>>,
+}
+
+/// `waf:` of a tenant (and the body of `PUT /api/tenants/{id}/waf`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TenantWafSpec {
+    /// `off`, `basic`, `standard` or `strict` (absent or `null`: the plan's level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// `block` (default) or `detect` (log and count, never block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// CRS rule ids (1 to 99999999) never applied to the tenant's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusions: Option<Vec<i64>>,
+}
+
+/// `waf:` of a route: unset keys keep the tenant's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RouteWafSpec {
+    /// `off`, `basic`, `standard` or `strict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// `block` or `detect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// `ratelimit:` of a route.

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use tenantry_domain::{
     Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern,
-    RateLimitKey, Route, RouteId, RouteKind, RouteRateLimit, Snapshot, Tenant, TenantId,
-    TenantPolicy, TlsFiles,
+    RateLimitKey, Route, RouteId, RouteKind, RouteRateLimit, RouteWaf, Snapshot, Tenant, TenantId,
+    TenantPolicy, TenantWaf, TlsFiles, WafLevel, WafMode,
 };
 
 use crate::{
-    ConfigErrors, GatewaySpec, HealthCheckSpec, PolicySpec, RouteSpec, TenantSpec, parse_duration,
+    ConfigErrors, GatewaySpec, HealthCheckSpec, PolicySpec, RouteSpec, RouteWafSpec, TenantSpec,
+    TenantWafSpec, WafLevelSpec, WafSpec, parse_duration,
 };
 
 /// Process-level settings: listeners, timeouts, logging. Changing them needs a restart (or an
@@ -67,6 +68,17 @@ pub enum WafLargeBody {
     InspectPartial,
 }
 
+impl WafLargeBody {
+    /// Parses `reject` or `inspect_partial`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reject" => Some(Self::Reject),
+            "inspect_partial" => Some(Self::InspectPartial),
+            _ => None,
+        }
+    }
+}
+
 /// What routes with a WAF level do when libmodsecurity or the rules cannot be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WafUnavailable {
@@ -75,6 +87,17 @@ pub enum WafUnavailable {
     Deny,
     /// Serve them uninspected (a warning is logged at start-up and counted).
     Allow,
+}
+
+impl WafUnavailable {
+    /// Parses `deny` or `allow`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "deny" => Some(Self::Deny),
+            "allow" => Some(Self::Allow),
+            _ => None,
+        }
+    }
 }
 
 /// CRS tuning of one WAF level.
@@ -525,6 +548,7 @@ fn validate_server(
             "must be 1 to 100 characters without spaces",
         );
     }
+    let waf = validate_waf(spec.waf.as_ref(), base, errs);
     if errs.0.len() > before {
         return None;
     }
@@ -553,8 +577,227 @@ fn validate_server(
             node_id: cl.node_id,
             config_ttl,
         },
-        waf: WafSettings::default(),
+        waf,
     })
+}
+
+/// The top-level `waf` section; unset keys keep [`WafSettings::default`]'s values.
+fn validate_waf(spec: Option<&WafSpec>, base: &Path, errs: &mut ConfigErrors) -> WafSettings {
+    let mut out = WafSettings::default();
+    let Some(w) = spec else {
+        return out;
+    };
+    if let Some(lib) = &w.library {
+        if lib.trim().is_empty() {
+            errs.push("waf.library", "must not be empty");
+        }
+        out.library = lib.clone();
+    }
+    let path = |value: &str, name: &str, errs: &mut ConfigErrors| {
+        if value.trim().is_empty() {
+            errs.push(name, "must not be empty");
+        }
+        resolve(base, value)
+    };
+    if let Some(crs) = &w.crs {
+        out.crs_dir = path(crs, "waf.crs", errs);
+    }
+    if let Some(m) = &w.match_log {
+        out.match_log = Some(path(m, "waf.match_log", errs));
+    }
+    if let Some(rules) = &w.extra_rules {
+        out.extra_rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| path(r, &format!("waf.extra_rules[{i}]"), errs))
+            .collect();
+    }
+    if let Some(n) = w.max_body {
+        if n == 0 {
+            errs.push("waf.max_body", "must be at least 1 (bytes)");
+        }
+        out.max_body = n;
+    }
+    if let Some(s) = &w.on_large_body {
+        match WafLargeBody::parse(s) {
+            Some(v) => out.on_large_body = v,
+            None => errs.push(
+                "waf.on_large_body",
+                format!("unknown value {s:?} (expected reject or inspect_partial)"),
+            ),
+        }
+    }
+    if let Some(s) = &w.on_unavailable {
+        match WafUnavailable::parse(s) {
+            Some(v) => out.on_unavailable = v,
+            None => errs.push(
+                "waf.on_unavailable",
+                format!("unknown value {s:?} (expected deny or allow)"),
+            ),
+        }
+    }
+    if let Some(n) = w.workers {
+        if n == 0 {
+            errs.push("waf.workers", "must be at least 1");
+        }
+        out.workers = Some(n);
+    }
+    if let Some(n) = w.queue {
+        if n == 0 {
+            errs.push("waf.queue", "must be at least 1");
+        }
+        out.queue = n;
+    }
+    if let Some(levels) = &w.levels {
+        for (name, spec, slot) in [
+            ("basic", &levels.basic, &mut out.basic),
+            ("standard", &levels.standard, &mut out.standard),
+            ("strict", &levels.strict, &mut out.strict),
+        ] {
+            if let Some(l) = spec {
+                *slot = validate_waf_level(l, name, *slot, errs);
+            }
+        }
+    }
+    out
+}
+
+/// `waf.levels.<name>`. Without `executing_paranoia`, the rules that run are those that count
+/// (`paranoia`), except on `strict`, where rules up to paranoia 3 run and are logged.
+fn validate_waf_level(
+    l: &WafLevelSpec,
+    name: &str,
+    default: WafLevelTuning,
+    errs: &mut ConfigErrors,
+) -> WafLevelTuning {
+    let path = format!("waf.levels.{name}");
+    let mut out = default;
+    if let Some(p) = l.paranoia {
+        match u8::try_from(p).ok().filter(|p| (1..=4).contains(p)) {
+            Some(p) => out.paranoia = p,
+            None => errs.push(
+                format!("{path}.paranoia"),
+                format!("must be between 1 and 4, got {p}"),
+            ),
+        }
+    }
+    out.executing_paranoia = match l.executing_paranoia {
+        Some(e) => match u8::try_from(e)
+            .ok()
+            .filter(|e| (out.paranoia..=4).contains(e))
+        {
+            Some(e) => e,
+            None => {
+                errs.push(
+                    format!("{path}.executing_paranoia"),
+                    format!("must be between paranoia ({}) and 4, got {e}", out.paranoia),
+                );
+                out.paranoia
+            }
+        },
+        None if l.paranoia.is_none() => default.executing_paranoia,
+        None if name == "strict" => out.paranoia.max(3),
+        None => out.paranoia,
+    };
+    if let Some(t) = l.threshold {
+        match u32::try_from(t).ok().filter(|t| *t >= 1) {
+            Some(t) => out.threshold = t,
+            None => errs.push(
+                format!("{path}.threshold"),
+                format!("must be between 1 and {}, got {t}", u32::MAX),
+            ),
+        }
+    }
+    out
+}
+
+fn waf_level(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<WafLevel> {
+    let level = WafLevel::parse(s);
+    if level.is_none() {
+        errs.push(
+            format!("{path}.level"),
+            format!("unknown WAF level {s:?} (expected off, basic, standard or strict)"),
+        );
+    }
+    level
+}
+
+fn waf_mode(s: &str, path: &str, errs: &mut ConfigErrors) -> Option<WafMode> {
+    let mode = WafMode::parse(s);
+    if mode.is_none() {
+        errs.push(
+            format!("{path}.mode"),
+            format!("unknown WAF mode {s:?} (expected block or detect)"),
+        );
+    }
+    mode
+}
+
+/// Highest CRS-style rule id accepted in `exclusions`.
+const MAX_RULE_ID: i64 = 99_999_999;
+
+/// A tenant's `waf`; `None` when it changes nothing (the plan's level, blocking, no
+/// exclusions), so that the default costs nothing.
+fn validate_tenant_waf(
+    w: &TenantWafSpec,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<TenantWaf>> {
+    let level = w.level.as_deref().and_then(|s| waf_level(s, path, errs));
+    let mode = w
+        .mode
+        .as_deref()
+        .and_then(|s| waf_mode(s, path, errs))
+        .unwrap_or_default();
+    let mut exclusions = Vec::new();
+    if let Some(ids) = &w.exclusions {
+        if ids.len() > 1000 {
+            errs.push(format!("{path}.exclusions"), "at most 1000 entries");
+        }
+        for (i, id) in ids.iter().enumerate() {
+            match u32::try_from(*id)
+                .ok()
+                .filter(|_| (1..=MAX_RULE_ID).contains(id))
+            {
+                Some(id) => exclusions.push(id),
+                None => errs.push(
+                    format!("{path}.exclusions[{i}]"),
+                    format!("must be a rule id between 1 and {MAX_RULE_ID}, got {id}"),
+                ),
+            }
+        }
+    }
+    exclusions.sort_unstable();
+    exclusions.dedup();
+    let waf = TenantWaf {
+        level,
+        mode,
+        exclusions: exclusions.into_boxed_slice(),
+    };
+    (waf != TenantWaf::default()).then(|| Arc::new(waf))
+}
+
+/// A route's `waf`; `None` when it overrides nothing.
+fn validate_route_waf(w: &RouteWafSpec, path: &str, errs: &mut ConfigErrors) -> Option<RouteWaf> {
+    let waf = RouteWaf {
+        level: w.level.as_deref().and_then(|s| waf_level(s, path, errs)),
+        mode: w.mode.as_deref().and_then(|s| waf_mode(s, path, errs)),
+    };
+    (waf != RouteWaf::default()).then_some(waf)
+}
+
+/// Validates a tenant's WAF settings as the admin API receives them (error paths relative
+/// to them: `level`, `exclusions[0]`). `None`: the defaults (the plan's level, blocking, no
+/// exclusions).
+pub fn validate_waf_spec(w: &TenantWafSpec) -> Result<Option<Arc<TenantWaf>>, ConfigErrors> {
+    let mut errs = ConfigErrors(Vec::new());
+    let out = validate_tenant_waf(w, "", &mut errs);
+    for e in &mut errs.0 {
+        if let Some(rest) = e.path.strip_prefix('.') {
+            e.path = rest.to_owned();
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
 }
 
 fn validate_auth(
@@ -636,6 +879,8 @@ pub struct StoredTenant<'a> {
     pub suspended: bool,
     /// LLM policy.
     pub policy: Option<&'a PolicySpec>,
+    /// WAF settings.
+    pub waf: Option<&'a TenantWafSpec>,
     /// Start of the first billing period (unix ms).
     pub billing_anchor_ms: Option<u64>,
     /// Routes.
@@ -655,6 +900,9 @@ pub fn tenant_from_store(t: StoredTenant<'_>, base: &Path) -> Result<Tenant, Con
     let policy = t
         .policy
         .and_then(|p| validate_policy(p, &format!("{id}.policy"), &mut errs));
+    let waf = t
+        .waf
+        .and_then(|w| validate_tenant_waf(w, &format!("{id}.waf"), &mut errs));
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -664,7 +912,7 @@ pub fn tenant_from_store(t: StoredTenant<'_>, base: &Path) -> Result<Tenant, Con
         limits: t.limits.cloned(),
         suspended: t.suspended,
         policy,
-        waf: None,
+        waf,
         billing_anchor_ms: t.billing_anchor_ms,
         routes: out,
     })
@@ -755,13 +1003,17 @@ fn validate_tenant(
         .policy
         .as_ref()
         .and_then(|p| validate_policy(p, &format!("{path}.policy"), errs));
+    let waf = t
+        .waf
+        .as_ref()
+        .and_then(|w| validate_tenant_waf(w, &format!("{path}.waf"), errs));
     Some(Tenant {
         id: id?,
         plan,
         limits: None,
         suspended: false,
         policy,
-        waf: None,
+        waf,
         billing_anchor_ms: None,
         routes,
     })
@@ -860,6 +1112,10 @@ fn validate_route(
             key,
         })
     });
+    let waf = r
+        .waf
+        .as_ref()
+        .and_then(|w| validate_route_waf(w, &format!("{path}.waf"), errs));
     let tls = r.tls.as_ref().map(|t| {
         if t.cert.is_empty() {
             errs.push(format!("{path}.tls.cert"), "must not be empty");
@@ -943,7 +1199,7 @@ fn validate_route(
         algorithm,
         kind,
         ratelimit,
-        waf: None,
+        waf,
         tls,
         health_check,
         backends,

@@ -49,6 +49,7 @@ pub fn policy(method: &Method, path: &str) -> Option<Policy> {
             | "/api/tenants/{tenant_id}/api-keys"
             | "/api/tenants/{tenant_id}/subscription"
             | "/api/tenants/{tenant_id}/policy"
+            | "/api/tenants/{tenant_id}/waf"
             | "/api/tenants/{tenant_id}/usage"
             | "/api/tenants/{tenant_id}/audit",
         ) => Policy::Tenant(Read),
@@ -63,7 +64,12 @@ pub fn policy(method: &Method, path: &str) -> Option<Policy> {
         | ("PATCH" | "DELETE", "/api/tenants/{tenant_id}/users/{user_id}")
         | ("DELETE", "/api/tenants/{tenant_id}/api-keys/{key_id}") => Policy::Tenant(ManageAccess),
         ("PATCH", "/api/tenants/{tenant_id}")
-        | ("PUT", "/api/tenants/{tenant_id}/subscription" | "/api/tenants/{tenant_id}/policy")
+        | (
+            "PUT",
+            "/api/tenants/{tenant_id}/subscription"
+            | "/api/tenants/{tenant_id}/policy"
+            | "/api/tenants/{tenant_id}/waf",
+        )
         | ("GET", "/api/tenants/{tenant_id}/export") => Policy::Tenant(ManageTenant),
         ("POST", "/api/tenants" | "/api/plans")
         | ("PUT", "/api/plans/{plan}" | "/api/tenants/{tenant_id}/limits")

@@ -33,7 +33,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: the id, email or host is already taken.
     Conflict,
-    /// 409: the tenant's routes come from the configuration file; edit the file.
+    /// 409: the tenant's routes, policy and WAF settings come from the configuration file;
+    /// edit the file.
     ManagedByFile,
     /// 409: the tenant's last owner cannot be removed or demoted.
     LastOwner,

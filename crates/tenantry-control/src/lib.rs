@@ -81,6 +81,7 @@ pub fn tenant_config_json(state: &TenantState) -> serde_json::Value {
         "managed_by": state.tenant.managed_by,
         "limits": plans::LimitsBody::from(&state.limits),
         "policy": state.policy,
+        "waf": state.waf,
         "routes": state.routes,
     })
 }
@@ -138,6 +139,7 @@ pub fn to_domain(
             limits: Some(&limits),
             suspended: state.tenant.status == TenantStatus::Suspended,
             policy: state.policy.as_ref(),
+            waf: state.waf.as_ref(),
             billing_anchor_ms: u64::try_from(state.billing_anchor_ms).ok(),
             routes: &state.routes,
         },

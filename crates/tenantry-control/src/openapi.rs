@@ -40,7 +40,8 @@ impl Modify for BearerAuth {
         accounts::login, accounts::signup, accounts::me, accounts::change_password,
         tenants::list, tenants::create, tenants::read, tenants::update, tenants::delete,
         tenants::suspend, tenants::reactivate, tenants::export, tenants::subscription,
-        tenants::change_plan, tenants::set_limits, tenants::read_policy, tenants::set_policy, tenants::usage, tenants::tenant_audit, tenants::platform_audit,
+        tenants::change_plan, tenants::set_limits, tenants::read_policy, tenants::set_policy,
+        tenants::read_waf, tenants::set_waf, tenants::usage, tenants::tenant_audit, tenants::platform_audit,
         users::list, users::create, users::read, users::update, users::remove,
         routes::list, routes::create, routes::read, routes::replace, routes::remove,
         routes::drain, routes::activate,
@@ -52,7 +53,8 @@ impl Modify for BearerAuth {
         crate::error::ErrorBody, crate::error::ErrorCode, crate::error::FieldError,
         tenantry_config::RouteSpec, tenantry_config::BackendSpec, tenantry_config::TlsSpec,
         tenantry_config::HealthCheckSpec, tenantry_config::RateLimitSpec,
-        tenantry_config::PolicySpec,
+        tenantry_config::PolicySpec, tenantry_config::TenantWafSpec,
+        tenantry_config::RouteWafSpec, tenants::WafResponse,
     ))
 )]
 struct ApiDoc;

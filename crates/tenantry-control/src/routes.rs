@@ -38,7 +38,8 @@ fn validate(state: &AppState, spec: &RouteSpec) -> Result<(), ApiError> {
         .map_err(|e| ApiError::from_config(&e, ""))
 }
 
-/// Routes of a tenant whose configuration comes from the file are edited in the file.
+/// Routes, policy and WAF settings of a tenant whose configuration comes from the file are
+/// edited in the file.
 pub(crate) async fn writable(state: &AppState, id: &TenantId) -> Result<(), ApiError> {
     let t = state
         .store
@@ -50,7 +51,7 @@ pub(crate) async fn writable(state: &AppState, id: &TenantId) -> Result<(), ApiE
         return Err(ApiError::new(
             ErrorCode::ManagedByFile,
             format!(
-                "tenant {id}'s routes and policy come from the configuration file; change them there"
+                "tenant {id}'s routes, policy and WAF settings come from the configuration file; change them there"
             ),
         ));
     }

@@ -8,7 +8,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tenantry_domain::{LimitOverrides, Role, TenantId};
+use tenantry_config::TenantWafSpec;
+use tenantry_domain::{LimitOverrides, Role, TenantId, TenantWaf, WafLevel};
 use tenantry_store::{AuditEntry, NewTenant, NewUser, Subscription, TenantRecord, TenantStatus};
 use utoipa::{IntoParams, ToSchema};
 
@@ -37,6 +38,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
             "/api/tenants/{tenant_id}/policy",
             get(read_policy).put(set_policy),
         )
+        .route("/api/tenants/{tenant_id}/waf", get(read_waf).put(set_waf))
         .route("/api/tenants/{tenant_id}/usage", get(usage))
         .route("/api/tenants/{tenant_id}/audit", get(tenant_audit))
         .route("/api/audit", get(platform_audit))
@@ -477,6 +479,95 @@ pub(crate) async fn set_policy(
         .await?;
     state.sync_tenant(&id).await?;
     Ok(Json(req))
+}
+
+/// A tenant's WAF settings, and the level its routes get unless they override it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WafResponse {
+    /// `off`, `basic`, `standard` or `strict`; `null`: the plan's level.
+    pub level: Option<String>,
+    /// `block` or `detect` (log and count, never block).
+    pub mode: String,
+    /// CRS rule ids never applied to the tenant's requests, sorted.
+    pub exclusions: Vec<u32>,
+    /// The level of the tenant's plan (with the platform's overrides).
+    pub plan_level: String,
+    /// The level the tenant's routes get: `level`, else `plan_level`.
+    pub effective_level: String,
+}
+
+impl WafResponse {
+    fn new(waf: Option<&TenantWaf>, plan_level: WafLevel) -> Self {
+        let waf = waf.cloned().unwrap_or_default();
+        Self {
+            level: waf.level.map(|l| l.as_str().to_owned()),
+            mode: waf.mode.as_str().to_owned(),
+            exclusions: waf.exclusions.to_vec(),
+            plan_level: plan_level.as_str().to_owned(),
+            effective_level: waf.level.unwrap_or(plan_level).as_str().to_owned(),
+        }
+    }
+}
+
+/// The stored form of validated settings: normalised (exclusions sorted and deduplicated),
+/// `None` for the defaults.
+fn waf_spec(waf: Option<&TenantWaf>) -> Option<TenantWafSpec> {
+    waf.map(|w| TenantWafSpec {
+        level: w.level.map(|l| l.as_str().to_owned()),
+        mode: Some(w.mode.as_str().to_owned()),
+        exclusions: (!w.exclusions.is_empty())
+            .then(|| w.exclusions.iter().map(|&id| i64::from(id)).collect()),
+    })
+}
+
+/// The tenant's WAF settings: its level (`null`: the plan's), mode and rule exclusions, with
+/// the plan's level and the effective one. Routes may override level and mode.
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/waf", tag = "tenants",
+    security(("bearer" = [])), params(("tenant_id" = String, Path)),
+    responses((status = 200, body = WafResponse), (status = 404, body = ErrorBody)))]
+pub(crate) async fn read_waf(
+    State(state): State<Arc<AppState>>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<WafResponse>> {
+    let id = tenant_path(&tenant_id)?;
+    let scope = state.store.tenant(&id);
+    let stored = scope.waf().await?;
+    let sub = scope.subscription().await?;
+    let waf = match &stored {
+        Some(spec) => tenantry_config::validate_waf_spec(spec).map_err(|e| {
+            ApiError::internal(&format!("stored WAF settings of {id} are invalid: {e}"))
+        })?,
+        None => None,
+    };
+    Ok(Json(WafResponse::new(waf.as_deref(), sub.limits.waf_level)))
+}
+
+/// Replace the tenant's WAF settings (owners): absent `level` follows the plan, absent `mode`
+/// blocks, absent `exclusions` excludes nothing. Applies to the data plane before the
+/// response.
+#[utoipa::path(put, path = "/api/tenants/{tenant_id}/waf", tag = "tenants",
+    security(("bearer" = [])), params(("tenant_id" = String, Path)),
+    request_body = TenantWafSpec,
+    responses((status = 200, body = WafResponse), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "managed_by_file", body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub(crate) async fn set_waf(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(tenant_id): Path<String>,
+    Body(req): Body<TenantWafSpec>,
+) -> ApiResult<Json<WafResponse>> {
+    let id = tenant_path(&tenant_id)?;
+    crate::routes::writable(&state, &id).await?;
+    let waf =
+        tenantry_config::validate_waf_spec(&req).map_err(|e| ApiError::from_config(&e, ""))?;
+    let scope = state.store.tenant(&id);
+    scope
+        .set_waf(&caller.actor(), waf_spec(waf.as_deref()).as_ref())
+        .await?;
+    state.sync_tenant(&id).await?;
+    let sub = scope.subscription().await?;
+    Ok(Json(WafResponse::new(waf.as_deref(), sub.limits.waf_level)))
 }
 
 /// The tenant's usage against its plan now: its rate limit, LLM tokens this minute and

@@ -627,6 +627,7 @@ impl<'a> PlatformStore<'a> {
         }
         let mut routes = sql::fetch_all_routes(&mut tx).await?;
         let mut policies = sql::fetch_all_policies(&mut tx).await?;
+        let mut wafs = sql::fetch_all_wafs(&mut tx).await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(tenants.len());
         for tenant in tenants {
@@ -636,11 +637,13 @@ impl<'a> PlatformStore<'a> {
             };
             let routes = routes.remove(tenant.id.as_str()).unwrap_or_default();
             let policy = policies.remove(tenant.id.as_str());
+            let waf = wafs.remove(tenant.id.as_str());
             out.push(TenantState {
                 tenant,
                 plan,
                 limits,
                 policy,
+                waf,
                 billing_anchor_ms,
                 routes,
             });
@@ -697,6 +700,7 @@ impl<'a> PlatformStore<'a> {
                 .into_iter()
                 .collect();
         let mut policies = sql::fetch_all_policies(&mut tx).await?;
+        let mut wafs = sql::fetch_all_wafs(&mut tx).await?;
         let mut all_routes = sql::fetch_all_routes(&mut tx).await?;
         let require_plan = |p: &str| {
             if plan_names.contains(p) {
@@ -781,6 +785,12 @@ impl<'a> PlatformStore<'a> {
             if policy != spec.policy {
                 sql::write_policy(&mut tx, &actor, &t, policy.as_ref(), spec.policy.as_ref())
                     .await?;
+                changed.insert(id.clone());
+            }
+            // So do its WAF settings (absent: the plan's level, blocking, no exclusions).
+            let waf = wafs.remove(&t);
+            if waf != spec.waf {
+                sql::write_waf(&mut tx, &actor, &t, waf.as_ref(), spec.waf.as_ref()).await?;
                 changed.insert(id.clone());
             }
             let mut wanted = spec.routes.clone();
@@ -905,11 +915,13 @@ async fn load_one(conn: &mut AnyConnection, id: &str) -> Result<Option<TenantSta
     let sub = sql::require_subscription(conn, id).await?;
     let routes = sql::fetch_routes(conn, id).await?;
     let policy = sql::fetch_policy(conn, id).await?;
+    let waf = sql::fetch_waf(conn, id).await?;
     Ok(Some(TenantState {
         tenant,
         plan: sub.plan,
         limits: sub.limits,
         policy,
+        waf,
         billing_anchor_ms: sub.period_start,
         routes,
     }))

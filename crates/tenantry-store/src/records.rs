@@ -353,6 +353,8 @@ pub struct TenantState {
     pub limits: PlanLimits,
     /// Its LLM policy.
     pub policy: Option<tenantry_config::PolicySpec>,
+    /// Its WAF settings (`None`: the plan's level, blocking, no exclusions).
+    pub waf: Option<tenantry_config::TenantWafSpec>,
     /// Start of its subscription's first billing period (unix ms).
     pub billing_anchor_ms: i64,
     /// Its routes, ordered by id.

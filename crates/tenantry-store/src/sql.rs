@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use tenantry_config::{BackendSpec, PolicySpec, RouteSpec};
+use tenantry_config::{BackendSpec, PolicySpec, RouteSpec, TenantWafSpec};
 use tenantry_domain::{CountedLimit, PlanLimits, Role, TenantId, check_count, derive_limits};
 
 use crate::StoreError;
@@ -61,7 +61,7 @@ macro_rules! audit_cols {
 }
 macro_rules! route_cols {
     () => {
-        "tenant_id, id, host, path_prefix, algorithm, kind, ratelimit, tls, health_check"
+        "tenant_id, id, host, path_prefix, algorithm, kind, ratelimit, waf, tls, health_check"
     };
 }
 macro_rules! backend_cols {
@@ -153,6 +153,7 @@ fn route_from_row(row: &AnyRow) -> Result<(String, RouteSpec), StoreError> {
     let tls: Option<String> = row.try_get("tls")?;
     let hc: Option<String> = row.try_get("health_check")?;
     let ratelimit: Option<String> = row.try_get("ratelimit")?;
+    let waf: Option<String> = row.try_get("waf")?;
     Ok((
         row.try_get("tenant_id")?,
         RouteSpec {
@@ -164,6 +165,7 @@ fn route_from_row(row: &AnyRow) -> Result<(String, RouteSpec), StoreError> {
             ratelimit: ratelimit
                 .map(|s| codec::from_text("route rate limit", &s))
                 .transpose()?,
+            waf: waf.map(|s| codec::from_text("route waf", &s)).transpose()?,
             tls: tls.map(|s| codec::from_text("route tls", &s)).transpose()?,
             health_check: hc
                 .map(|s| codec::from_text("route health check", &s))
@@ -278,6 +280,60 @@ pub(crate) async fn fetch_all_policies(
             .await?;
     rows.into_iter()
         .map(|(id, text)| Ok((id, codec::from_text("tenant policy", &text)?)))
+        .collect()
+}
+
+/// The tenant's stored WAF settings.
+pub(crate) async fn fetch_waf(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<TenantWafSpec>, StoreError> {
+    let text: Option<Option<String>> = sqlx::query_scalar("SELECT waf FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    text.flatten()
+        .map(|s| codec::from_text("tenant waf", &s))
+        .transpose()
+}
+
+/// Replaces a tenant's stored WAF settings and records the change (`tenant.waf_updated`).
+pub(crate) async fn write_waf(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    tenant: &str,
+    before: Option<&TenantWafSpec>,
+    after: Option<&TenantWafSpec>,
+) -> Result<(), StoreError> {
+    let text = after.map(codec::to_text).transpose()?;
+    sqlx::query("UPDATE tenants SET waf = $2 WHERE id = $1")
+        .bind(tenant)
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+    let json = |w: Option<&TenantWafSpec>| serde_json::to_value(w).unwrap_or(Value::Null);
+    write_audit(
+        conn,
+        actor,
+        Some(tenant),
+        "tenant.waf_updated",
+        tenant,
+        Some(&json(before)),
+        Some(&json(after)),
+    )
+    .await
+}
+
+/// Every tenant's stored WAF settings, keyed by tenant id.
+pub(crate) async fn fetch_all_wafs(
+    conn: &mut AnyConnection,
+) -> Result<HashMap<String, TenantWafSpec>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, waf FROM tenants WHERE waf IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(id, text)| Ok((id, codec::from_text("tenant waf", &text)?)))
         .collect()
 }
 
@@ -735,7 +791,8 @@ pub(crate) async fn insert_route(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO routes (tenant_id, id, host, path_prefix, algorithm, tls, health_check, \
-         created_at, updated_at, kind, ratelimit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
+         created_at, updated_at, kind, ratelimit, waf) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
     )
     .bind(tenant)
     .bind(&r.id)
@@ -747,6 +804,7 @@ pub(crate) async fn insert_route(
     .bind(now)
     .bind(r.kind.as_deref())
     .bind(optional_json(r.ratelimit.as_ref())?)
+    .bind(optional_json(r.waf.as_ref())?)
     .execute(&mut *conn)
     .await
     .map_err(route_conflict(r))?;
@@ -762,7 +820,7 @@ pub(crate) async fn update_route(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE routes SET host = $3, path_prefix = $4, algorithm = $5, tls = $6, \
-         health_check = $7, updated_at = $8, kind = $9, ratelimit = $10 \
+         health_check = $7, updated_at = $8, kind = $9, ratelimit = $10, waf = $11 \
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
@@ -775,6 +833,7 @@ pub(crate) async fn update_route(
     .bind(now)
     .bind(r.kind.as_deref())
     .bind(optional_json(r.ratelimit.as_ref())?)
+    .bind(optional_json(r.waf.as_ref())?)
     .execute(&mut *conn)
     .await
     .map_err(route_conflict(r))?;
@@ -960,10 +1019,14 @@ pub(crate) async fn export(conn: &mut AnyConnection, tenant: &str) -> Result<Val
     let users = fetch_users(conn, tenant).await?;
     let keys = fetch_keys(conn, tenant).await?;
     let routes = fetch_routes(conn, tenant).await?;
+    let policy = fetch_policy(conn, tenant).await?;
+    let waf = fetch_waf(conn, tenant).await?;
     let audit = fetch_audit(conn, Some(tenant), i64::MAX, None).await?;
     Ok(json!({
         "tenant": t.json(),
         "subscription": sub.as_ref().map(Subscription::json),
+        "policy": policy,
+        "waf": waf,
         "users": users.iter().map(UserRecord::json).collect::<Vec<_>>(),
         "api_keys": keys.iter().map(ApiKeyRecord::json).collect::<Vec<_>>(),
         "routes": routes.iter().map(route_json).collect::<Vec<_>>(),

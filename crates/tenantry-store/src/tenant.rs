@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
-use tenantry_config::{PolicySpec, RouteSpec};
+use tenantry_config::{PolicySpec, RouteSpec, TenantWafSpec};
 use tenantry_domain::{CountedLimit, Role, TenantId};
 
 use crate::records::{
@@ -140,6 +140,34 @@ impl<'a> TenantScope<'a> {
         sql::write_policy(&mut tx, actor, self.t(), before.as_ref(), policy).await?;
         tx.commit().await?;
         Ok(policy.cloned())
+    }
+
+    /// The tenant's WAF settings (`None`: the plan's level, blocking, no exclusions);
+    /// `NotFound` if the tenant does not exist.
+    pub async fn waf(&self) -> Result<Option<TenantWafSpec>, StoreError> {
+        let mut tx = self.read().await?;
+        sql::fetch_tenant(&mut tx, self.t())
+            .await?
+            .ok_or_else(|| not_found("tenant", self.t()))?;
+        let w = sql::fetch_waf(&mut tx, self.t()).await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    /// Replaces the tenant's WAF settings (the caller validated them; `None` restores the
+    /// defaults), with a `tenant.waf_updated` audit row in the same transaction.
+    pub async fn set_waf(
+        &self,
+        actor: &Actor,
+        waf: Option<&TenantWafSpec>,
+    ) -> Result<Option<TenantWafSpec>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        sql::lock_tenant(&mut tx, self.t(), now).await?;
+        let before = sql::fetch_waf(&mut tx, self.t()).await?;
+        sql::write_waf(&mut tx, actor, self.t(), before.as_ref(), waf).await?;
+        tx.commit().await?;
+        Ok(waf.cloned())
     }
 
     /// The subscription with its effective limits; `NotFound` if the tenant does not exist.

@@ -216,3 +216,211 @@ tenants:
     assert!(validate_redis_url("redis://:secret@10.0.0.1:6379/2").is_ok());
     assert!(validate_redis_url("redis://host:notaport").is_err());
 }
+
+#[test]
+fn waf_section_tenant_and_route_settings() {
+    let yaml = r#"
+waf:
+  library: /opt/modsec/libmodsecurity.so.3
+  crs: crs
+  max_body: 65536
+  on_large_body: reject
+  on_unavailable: allow
+  workers: 2
+  queue: 64
+  match_log: logs/waf.log
+  extra_rules: [rules/local.conf, /etc/waf/more.conf]
+  levels:
+    basic: { threshold: 20 }
+    standard: { paranoia: 2 }
+    strict: { paranoia: 3, executing_paranoia: 4, threshold: 4 }
+tenants:
+  - id: acme
+    waf: { level: strict, mode: detect, exclusions: [942100, 920350, 942100] }
+    routes:
+      - id: web
+        host: acme.localhost
+        waf: { level: off }
+        backends: [ { address: 127.0.0.1:1 } ]
+      - id: api
+        host: api.acme.localhost
+        waf: { mode: block }
+        backends: [ { address: 127.0.0.1:1 } ]
+      - id: plain
+        host: plain.acme.localhost
+        waf: {}
+        backends: [ { address: 127.0.0.1:1 } ]
+  - id: quiet
+    waf: { level: off }
+  - id: defaults
+    waf: { mode: block, exclusions: [] }
+"#;
+    check(yaml, &[]);
+    let cfg = validate(&parse_yaml(yaml).unwrap(), Path::new("/etc/tenantry")).unwrap();
+    let w = &cfg.server.waf;
+    assert_eq!(w.library, "/opt/modsec/libmodsecurity.so.3");
+    assert_eq!(w.crs_dir, PathBuf::from("/etc/tenantry/crs"));
+    assert_eq!(w.max_body, 65536);
+    assert_eq!(w.on_large_body, WafLargeBody::Reject);
+    assert_eq!(w.on_unavailable, WafUnavailable::Allow);
+    assert_eq!((w.workers, w.queue), (Some(2), 64));
+    assert_eq!(
+        w.match_log,
+        Some(PathBuf::from("/etc/tenantry/logs/waf.log"))
+    );
+    assert_eq!(
+        w.extra_rules,
+        [
+            PathBuf::from("/etc/tenantry/rules/local.conf"),
+            PathBuf::from("/etc/waf/more.conf")
+        ]
+    );
+    let tuning = |l: &WafLevelTuning| (l.paranoia, l.executing_paranoia, l.threshold);
+    assert_eq!(tuning(&w.basic), (1, 1, 20));
+    assert_eq!(tuning(&w.standard), (2, 2, 5));
+    assert_eq!(tuning(&w.strict), (3, 4, 4));
+
+    let acme = cfg.snapshot.tenants().find(|t| t.id.as_str() == "acme");
+    let acme = acme.unwrap();
+    let tw = acme.waf.as_deref().unwrap();
+    assert_eq!(tw.level, Some(WafLevel::Strict));
+    assert_eq!(tw.mode, WafMode::Detect);
+    assert_eq!(&*tw.exclusions, [920350, 942100], "sorted and deduplicated");
+    let route = |id: &str| acme.routes.iter().find(|r| r.id.as_str() == id).unwrap();
+    // `off` unquoted is the level, not YAML 1.1's boolean false.
+    assert_eq!(
+        route("web").waf,
+        Some(RouteWaf {
+            level: Some(WafLevel::Off),
+            mode: None
+        })
+    );
+    assert_eq!(route("api").waf.and_then(|w| w.mode), Some(WafMode::Block));
+    assert_eq!(route("plain").waf, None, "an empty override is no override");
+    let tenant = |id: &str| {
+        cfg.snapshot
+            .tenants()
+            .find(|t| t.id.as_str() == id)
+            .unwrap()
+    };
+    assert_eq!(
+        tenant("quiet").waf.as_deref().map(|w| w.level),
+        Some(Some(WafLevel::Off))
+    );
+    assert_eq!(tenant("defaults").waf, None, "the defaults cost nothing");
+
+    // Without a `waf` section, the defaults.
+    let cfg = validate(&parse_yaml(GOOD).unwrap(), Path::new("/etc/tenantry")).unwrap();
+    assert_eq!(cfg.server.waf, WafSettings::default());
+    assert!(cfg.snapshot.tenants().all(|t| t.waf.is_none()));
+}
+
+#[test]
+fn waf_executing_paranoia_defaults_follow_paranoia() {
+    let levels = |yaml: &str| {
+        let cfg = validate(&parse_yaml(yaml).unwrap(), Path::new("/")).unwrap();
+        let w = cfg.server.waf;
+        [w.basic, w.standard, w.strict].map(|l| (l.paranoia, l.executing_paranoia))
+    };
+    assert_eq!(
+        levels(
+            "waf: { levels: { basic: { paranoia: 2 }, standard: { paranoia: 3 }, strict: { paranoia: 1 } } }"
+        ),
+        [(2, 2), (3, 3), (1, 3)]
+    );
+    assert_eq!(
+        levels("waf: { levels: { strict: { paranoia: 4 } } }"),
+        [(1, 1), (1, 1), (4, 4)]
+    );
+    assert_eq!(
+        levels("waf: { levels: { strict: { threshold: 7 } } }"),
+        [(1, 1), (1, 1), (2, 3)]
+    );
+    assert_eq!(
+        levels("waf: { levels: { standard: { executing_paranoia: 2 } } }"),
+        [(1, 1), (1, 2), (2, 3)]
+    );
+}
+
+#[test]
+fn waf_errors_name_their_field() {
+    check(
+        r#"
+waf:
+  library: ""
+  crs: ""
+  max_body: 0
+  on_large_body: truncate
+  on_unavailable: maybe
+  workers: 0
+  queue: 0
+  extra_rules: [""]
+  levels:
+    basic: { paranoia: 5 }
+    standard: { paranoia: 3, executing_paranoia: 2 }
+    strict: { threshold: 0 }
+tenants:
+  - id: acme
+    waf: { level: medium, mode: watch, exclusions: [0, 942100, 100000000, -3] }
+    routes:
+      - id: web
+        host: acme.localhost
+        waf: { level: "true", mode: Block }
+        backends: [ { address: 127.0.0.1:1 } ]
+"#,
+        &[
+            r#"waf.library: must not be empty"#,
+            r#"waf.crs: must not be empty"#,
+            r#"waf.extra_rules[0]: must not be empty"#,
+            r#"waf.max_body: must be at least 1 (bytes)"#,
+            r#"waf.on_large_body: unknown value "truncate" (expected reject or inspect_partial)"#,
+            r#"waf.on_unavailable: unknown value "maybe" (expected deny or allow)"#,
+            r#"waf.workers: must be at least 1"#,
+            r#"waf.queue: must be at least 1"#,
+            r#"waf.levels.basic.paranoia: must be between 1 and 4, got 5"#,
+            r#"waf.levels.standard.executing_paranoia: must be between paranoia (3) and 4, got 2"#,
+            r#"waf.levels.strict.threshold: must be between 1 and 4294967295, got 0"#,
+            r#"tenants[0].routes[0].waf.level: unknown WAF level "true" (expected off, basic, standard or strict)"#,
+            r#"tenants[0].routes[0].waf.mode: unknown WAF mode "Block" (expected block or detect)"#,
+            r#"tenants[0].waf.level: unknown WAF level "medium" (expected off, basic, standard or strict)"#,
+            r#"tenants[0].waf.mode: unknown WAF mode "watch" (expected block or detect)"#,
+            r#"tenants[0].waf.exclusions[0]: must be a rule id between 1 and 99999999, got 0"#,
+            r#"tenants[0].waf.exclusions[2]: must be a rule id between 1 and 99999999, got 100000000"#,
+            r#"tenants[0].waf.exclusions[3]: must be a rule id between 1 and 99999999, got -3"#,
+        ],
+    );
+    for yaml in [
+        "waf: { librar: x }\n",
+        "waf: { levels: { medium: {} } }\n",
+        "waf: { levels: { basic: { paranoia_level: 1 } } }\n",
+        "tenants: [ { id: a, waf: { levl: basic } } ]\n",
+        "tenants: [ { id: a, routes: [ { id: r, host: h, waf: { exclusions: [1] }, backends: [] } ] } ]\n",
+    ] {
+        let err = parse_yaml(yaml).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{yaml}: {err}");
+    }
+}
+
+#[test]
+fn waf_spec_from_the_api_has_relative_paths() {
+    let ok = validate_waf_spec(&TenantWafSpec {
+        level: Some("basic".into()),
+        mode: None,
+        exclusions: Some(vec![3, 1, 3]),
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (ok.level, ok.mode, &*ok.exclusions),
+        (Some(WafLevel::Basic), WafMode::Block, &[1, 3][..])
+    );
+    assert_eq!(validate_waf_spec(&TenantWafSpec::default()).unwrap(), None);
+    let errs = validate_waf_spec(&TenantWafSpec {
+        level: Some("max".into()),
+        mode: Some("".into()),
+        exclusions: Some(vec![0]),
+    })
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["level", "mode", "exclusions[0]"]);
+}

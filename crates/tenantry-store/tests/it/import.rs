@@ -10,6 +10,7 @@ fn spec(id: &str, plan: Option<&str>, routes: Vec<tenantry_config::RouteSpec>) -
         id: id.into(),
         plan: plan.map(Into::into),
         policy: None,
+        waf: None,
         routes,
     }
 }
@@ -64,6 +65,52 @@ store_test!(
         assert!(all[0].billing_anchor_ms > 0);
         assert_eq!(p.import_file_tenants(&file3).await.unwrap(), vec![tid("acme")]);
         assert_eq!(db.store.tenant(&tid("acme")).policy().await.unwrap(), None);
+
+        // So do its WAF settings.
+        let mut file5 = file3.clone();
+        file5[0].waf = Some(tenantry_config::TenantWafSpec {
+            level: Some("off".into()),
+            mode: Some("detect".into()),
+            exclusions: Some(vec![942100]),
+        });
+        assert_eq!(p.import_file_tenants(&file5).await.unwrap(), vec![tid("acme")]);
+        assert!(p.import_file_tenants(&file5).await.unwrap().is_empty());
+        let acme = p.load_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(acme.waf, file5[0].waf);
+        let all = p.load_all().await.unwrap();
+        assert_eq!((&all[0].waf, &all[1].waf), (&file5[0].waf, &None));
+        let audit = db.store.tenant(&tid("acme")).audit(1, None).await.unwrap();
+        assert_eq!((audit[0].action.as_str(), audit[0].actor.as_str()), ("tenant.waf_updated", "file"));
+        assert_eq!(p.import_file_tenants(&file3).await.unwrap(), vec![tid("acme")]);
+        assert_eq!(db.store.tenant(&tid("acme")).waf().await.unwrap(), None);
+    }
+);
+
+store_test!(
+    async fn waf_is_set_audited_and_cleared(db) {
+        tenant_with_owner(&db.store, "corp", "pro").await;
+        let t = db.store.tenant(&tid("corp"));
+        assert_eq!(t.waf().await.unwrap(), None);
+        let w = tenantry_config::TenantWafSpec {
+            level: Some("strict".into()),
+            mode: Some("block".into()),
+            exclusions: Some(vec![920350, 942100]),
+        };
+        assert_eq!(t.set_waf(&Actor::new("u1", None), Some(&w)).await.unwrap(), Some(w.clone()));
+        assert_eq!(t.waf().await.unwrap(), Some(w.clone()));
+        assert_eq!(db.store.platform().load_tenant(&tid("corp")).await.unwrap().unwrap().waf, Some(w.clone()));
+        let audit = t.audit(10, None).await.unwrap();
+        assert_eq!(audit[0].action, "tenant.waf_updated");
+        assert_eq!(audit[0].before, Some(serde_json::Value::Null));
+        assert_eq!(audit[0].after.as_ref().unwrap()["exclusions"], serde_json::json!([920350, 942100]));
+        assert_eq!(t.export().await.unwrap()["waf"]["level"], "strict");
+        t.set_waf(&Actor::new("u1", None), None).await.unwrap();
+        assert_eq!(t.waf().await.unwrap(), None);
+        let audit = t.audit(10, None).await.unwrap();
+        assert_eq!(audit[0].after, Some(serde_json::Value::Null));
+        let missing = db.store.tenant(&tid("nope"));
+        assert!(matches!(missing.waf().await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(missing.set_waf(&Actor::new("u1", None), Some(&w)).await, Err(StoreError::NotFound { .. })));
     }
 );
 

@@ -213,6 +213,7 @@ pub fn route(id: &str, host: &str, backends: &[&str]) -> RouteSpec {
         algorithm: None,
         kind: None,
         ratelimit: None,
+        waf: None,
         tls: None,
         health_check: None,
         backends: backends
@@ -238,6 +239,10 @@ pub fn full_route(id: &str, host: &str) -> RouteSpec {
             requests_per_minute: 600,
             burst: Some(50),
             key: Some("client_ip".into()),
+        }),
+        waf: Some(tenantry_config::RouteWafSpec {
+            level: Some("strict".into()),
+            mode: Some("detect".into()),
         }),
         tls: Some(Box::new(TlsSpec {
             cert: "certs/a.pem".into(),

@@ -55,6 +55,7 @@ mod matrix;
 mod openapi;
 mod policy;
 pub(crate) mod tokens;
+mod waf;
 
 /// Password of every user the tests create (long enough for the policy).
 pub const PASSWORD: &str = "tenant-password-1234";
