@@ -24,8 +24,11 @@ pub enum UpBody {
     Stream(Incoming, Arc<RouteMetrics>),
     /// No body (lets idempotent requests be retried).
     Empty,
-    /// A body read in full before forwarding (LLM routes check it first).
+    /// A body read in full before forwarding (LLM routes and the WAF check it first).
     Full(Option<Bytes>),
+    /// The first bytes, read for the WAF, then the rest of the client's body, streamed (both
+    /// counted into the route's `sent` bytes).
+    Prefixed(Option<Bytes>, Incoming, Arc<RouteMetrics>),
 }
 
 impl Body for UpBody {
@@ -48,6 +51,19 @@ impl Body for UpBody {
             }
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpBody::Prefixed(prefix, b, m) => {
+                if let Some(d) = prefix.take() {
+                    m.add_bytes(d.len() as u64, 0);
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled
+                    && let Some(d) = f.data_ref()
+                {
+                    m.add_bytes(d.len() as u64, 0);
+                }
+                polled
+            }
         }
     }
 
@@ -56,6 +72,7 @@ impl Body for UpBody {
             UpBody::Stream(b, _) => b.is_end_stream(),
             UpBody::Empty => true,
             UpBody::Full(b) => b.is_none(),
+            UpBody::Prefixed(p, b, _) => p.is_none() && b.is_end_stream(),
         }
     }
 
@@ -65,6 +82,16 @@ impl Body for UpBody {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpBody::Full(None) => SizeHint::with_exact(0),
+            UpBody::Prefixed(p, b, _) => {
+                let first = p.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = b.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(rest.lower() + first);
+                if let Some(u) = rest.upper() {
+                    h.set_upper(u + first);
+                }
+                h
+            }
         }
     }
 }

@@ -33,6 +33,14 @@ pub enum ErrorCode {
     InvalidBody,
     /// The request body is larger than the route accepts (413).
     PayloadTooLarge,
+    /// The WAF's rules condemned the request (403, with the matched `rule_ids`).
+    WafBlocked,
+    /// Every WAF inspection slot is taken, or the tenant holds its share of them (503, with
+    /// `Retry-After`).
+    WafBusy,
+    /// The route needs the WAF but it could not be loaded, and `waf.on_unavailable` is
+    /// `deny` (503).
+    WafUnavailable,
 }
 
 impl ErrorCode {
@@ -51,6 +59,9 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::WafBlocked => "waf_blocked",
+            ErrorCode::WafBusy => "waf_busy",
+            ErrorCode::WafUnavailable => "waf_unavailable",
         }
     }
 
@@ -64,7 +75,10 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::BadRequest | ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
             ErrorCode::RateLimited | ErrorCode::QuotaThrottled => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::QuotaExceeded | ErrorCode::PolicyDenied => StatusCode::FORBIDDEN,
+            ErrorCode::QuotaExceeded | ErrorCode::PolicyDenied | ErrorCode::WafBlocked => {
+                StatusCode::FORBIDDEN
+            }
+            ErrorCode::WafBusy | ErrorCode::WafUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }

@@ -22,6 +22,7 @@ use crate::health::HealthSupervisor;
 use crate::metrics::MetricsRegistry;
 use crate::table::{RoutingTable, TableError};
 use crate::tls::CertCache;
+use crate::waf::WafPhase;
 
 /// What a reconfiguration did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,6 +95,8 @@ pub struct Gateway {
     pub(crate) limiter: Limiter,
     /// Quota accounting and events.
     pub(crate) quotas: Quotas,
+    /// The WAF engine and the routes' rules sets.
+    pub(crate) waf: WafPhase,
 }
 
 struct ReconfigState {
@@ -112,7 +115,8 @@ impl Gateway {
         let metrics = Arc::new(MetricsRegistry::new(settings.metrics_max_tenants));
         let mut certs = CertCache::default();
         let changes = Snapshot::new().diff(&config.snapshot);
-        let table = RoutingTable::default().apply(&changes, &metrics, &mut certs)?;
+        let waf = WafPhase::new(settings.waf.clone());
+        let table = RoutingTable::default().apply(&changes, &metrics, &mut certs, &waf)?;
         let access_log = if settings.access_log {
             match AccessLog::stdout(Arc::clone(&metrics)) {
                 Ok(l) => Some(l),
@@ -139,6 +143,7 @@ impl Gateway {
         let gw = Arc::new(Self {
             limiter,
             quotas: Quotas::default(),
+            waf,
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             access_log,
@@ -182,6 +187,11 @@ impl Gateway {
     /// The rate limiter and quota counters.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// The WAF phase (engine state, settings).
+    pub fn waf(&self) -> &WafPhase {
+        &self.waf
     }
 
     /// Quota accounting (set the event sink here).
@@ -355,7 +365,7 @@ impl Gateway {
     ) -> Result<ReloadReport, ReloadError> {
         let current = self.table.load_full();
         let next = current
-            .apply(changes, &self.metrics, &mut state.certs)
+            .apply(changes, &self.metrics, &mut state.certs, &self.waf)
             .map_err(|e| ReloadError::Build(e.to_string()))?;
         let build = started.elapsed();
         let (tenants, routes) = (next.tenant_count(), next.route_count());

@@ -154,6 +154,7 @@ mod tests {
                 &[Change::PutTenant(Arc::new(t))],
                 &MetricsRegistry::new(10),
                 &mut CertCache::default(),
+                &crate::waf::WafPhase::new(Default::default()),
             )
             .unwrap();
         Arc::clone(table.routes().next().unwrap())

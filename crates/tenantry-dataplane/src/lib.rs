@@ -21,6 +21,7 @@ pub mod table;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod waf;
 
 pub use gateway::{
     ApiHandler, ApiRequest, BoxFuture, ConfigSource, Gateway, ReloadError, ReloadReport,

@@ -47,6 +47,10 @@ pub const RATELIMIT_BACKEND_UP: &str = "tenantry_ratelimit_backend_up";
 /// Quota thresholds crossed (`quota`, `percent` = 80 | 100).
 pub const QUOTA_EVENTS: &str = "tenantry_quota_events_total";
 
+/// WAF inspections by tenant and outcome (`action` = `pass` | `block` | `detect` | `busy` |
+/// `unavailable`).
+pub const WAF_DECISIONS: &str = "tenantry_waf_decisions_total";
+
 /// Label used for tenants beyond `max_tenants`.
 pub const OTHER: &str = "_other";
 /// Label used for requests that matched no tenant.
@@ -69,6 +73,26 @@ pub struct RouteMetrics {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     refused: [AtomicU64; 3],
+    waf: [AtomicU64; 5],
+}
+
+/// What the WAF phase did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WafOutcome {
+    /// Inspected, nothing condemned it.
+    Pass = 0,
+    /// Refused `403 waf_blocked`.
+    Block = 1,
+    /// Would have been refused; the tenant's mode is `detect`.
+    Detect = 2,
+    /// Refused `503 waf_busy` (no inspection slot).
+    Busy = 3,
+    /// Not inspected: the engine is unavailable (served or refused per `waf.on_unavailable`).
+    Unavailable = 4,
+}
+
+impl WafOutcome {
+    const NAMES: [&'static str; 5] = ["pass", "block", "detect", "busy", "unavailable"];
 }
 
 /// Why admission refused (or, for quotas under `log`/`notify`, flagged) a request.
@@ -92,6 +116,11 @@ impl RouteMetrics {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a WAF decision.
+    pub fn waf(&self, outcome: WafOutcome) {
+        self.waf[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn new(tenant: &str, route: &str) -> Self {
         Self {
             tenant: tenant.into(),
@@ -103,6 +132,7 @@ impl RouteMetrics {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             refused: Default::default(),
+            waf: Default::default(),
         }
     }
 
@@ -313,6 +343,32 @@ impl MetricsRegistry {
                         out,
                         "{ADMISSION_REFUSED}{{tenant=\"{}\",route=\"{}\",reason=\"{why}\"}} {v}",
                         m.tenant, m.route
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            WAF_DECISIONS,
+            "counter",
+            "WAF inspections by tenant and outcome: pass, block, detect (would block; mode detect), busy (no inspection slot), unavailable (engine not loaded).",
+        );
+        let mut waf: BTreeMap<&str, [u64; 5]> = BTreeMap::new();
+        for m in &all {
+            let counts: Vec<u64> = m.waf.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            if counts.iter().any(|v| *v > 0) {
+                let t = waf.entry(&m.tenant).or_default();
+                for (sum, v) in t.iter_mut().zip(counts) {
+                    *sum += v;
+                }
+            }
+        }
+        for (tenant, counts) in &waf {
+            for (action, v) in WafOutcome::NAMES.iter().zip(counts) {
+                if *v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{WAF_DECISIONS}{{tenant=\"{tenant}\",action=\"{action}\"}} {v}"
                     );
                 }
             }

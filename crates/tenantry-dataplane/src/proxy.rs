@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
@@ -35,10 +36,11 @@ use crate::errors::ErrorCode;
 use crate::gateway::Gateway;
 use crate::lb::select_backend;
 use crate::llm::{self, UsageScanner};
-use crate::metrics::Refused;
+use crate::metrics::{Refused, WafOutcome};
 use crate::reqid;
 use crate::table::{Lookup, RouteRt};
 use crate::upstream::{self, Sent, UpstreamError};
+use crate::waf::{self, RouteWaf};
 
 /// What the proxy knows about the downstream connection.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether it arrived on the TLS listener.
     pub tls: bool,
+    /// The address the connection arrived on (the WAF's `SERVER_ADDR`).
+    pub local: SocketAddr,
     /// The client IP as a header value, made once per connection for `X-Forwarded-For`.
     client_ip: HeaderValue,
     /// `for=…;proto=…` of the RFC 7239 `Forwarded` element, made once per connection.
@@ -67,9 +71,16 @@ impl ConnInfo {
         Self {
             peer,
             tls,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
             client_ip,
             forwarded,
         }
+    }
+
+    /// The same, with the listener's address.
+    pub fn with_local(mut self, local: SocketAddr) -> Self {
+        self.local = local;
+        self
     }
 }
 
@@ -132,6 +143,66 @@ pub async fn handle(
         return local_error(&gw, ErrorCode::TenantSuspended, tap, false);
     }
 
+    // Phase 2a: the WAF (request line, headers, and the body up to `waf.max_body`).
+    let mut prefix: Option<waf::Prefix> = None;
+    if let Some(w) = route.waf.clone() {
+        let max = gw.waf.max_body();
+        let reject = gw.waf.rejects_large_bodies();
+        if !req.body().is_end_stream() {
+            if reject && declared_length(req.headers()).is_some_and(|n| n > max as u64) {
+                return local_error(&gw, ErrorCode::PayloadTooLarge, tap, true);
+            }
+            // One byte more than inspected tells a body that is too large apart.
+            match waf::read_prefix(req.body_mut(), max.saturating_add(1)).await {
+                Ok(p) if reject && p.bytes.len() > max => {
+                    return local_error(&gw, ErrorCode::PayloadTooLarge, tap, true);
+                }
+                Ok(p) => prefix = Some(p),
+                Err(()) => return local_error(&gw, ErrorCode::BadRequest, tap, true),
+            }
+        }
+        let subject = waf::Subject {
+            request_id: &request_id,
+            client: conn.peer,
+            server: conn.local,
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+            host: host_value.as_ref(),
+        };
+        let unread = prefix.as_ref().is_some_and(|p| !p.complete);
+        match gw
+            .waf
+            .inspect(&w, &route.tenant, subject, prefix.as_ref())
+            .await
+        {
+            waf::Outcome::Continue(outcome, verdict) => {
+                route.metrics.waf(outcome);
+                if let Some(v) = verdict.filter(|v| v.action == tenantry_waf::Action::Detect) {
+                    waf_audit(&route, &w, &request_id, &v);
+                }
+            }
+            waf::Outcome::Refuse(code, verdict) => {
+                let (outcome, extra) = match (&code, &verdict) {
+                    (ErrorCode::WafBlocked, Some(v)) => {
+                        waf_audit(&route, &w, &request_id, v);
+                        (WafOutcome::Block, waf::rule_ids_member(v))
+                    }
+                    (ErrorCode::WafBusy, _) => (WafOutcome::Busy, String::new()),
+                    _ => (WafOutcome::Unavailable, String::new()),
+                };
+                route.metrics.waf(outcome);
+                let mut r = Refusal::plain(code);
+                r.extra = extra;
+                if code == ErrorCode::WafBusy {
+                    r.retry_after = Some(1);
+                }
+                return refused(&gw, r, None, tap, unread);
+            }
+        }
+    }
+
     // Phase 2b: admission (rate limit, bandwidth quota); LLM routes read and check the body
     // below, once the request is taken apart.
     let admission = route.admission.clone();
@@ -174,8 +245,15 @@ pub async fn handle(
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     let mut prompt_estimate = None;
     let up_body = match admission.as_ref().filter(|a| a.kind == RouteKind::Llm) {
-        None => UpBody::Stream(body, Arc::clone(&route.metrics)),
-        Some(adm) => match admit_llm(&gw, &route, adm, &parts.headers, body).await {
+        None => match prefix {
+            None => UpBody::Stream(body, Arc::clone(&route.metrics)),
+            Some(p) if p.complete => {
+                route.metrics.add_bytes(p.bytes.len() as u64, 0);
+                UpBody::Full((!p.bytes.is_empty()).then_some(p.bytes))
+            }
+            Some(p) => UpBody::Prefixed(Some(p.bytes), body, Arc::clone(&route.metrics)),
+        },
+        Some(adm) => match admit_llm(&gw, &route, adm, &parts.headers, body, prefix).await {
             Ok((bytes, estimate)) => {
                 // The usage must be readable in the response: no compression upstream.
                 parts.headers.remove(header::ACCEPT_ENCODING);
@@ -354,13 +432,42 @@ async fn admit_llm(
     adm: &Admission,
     headers: &HeaderMap,
     body: Incoming,
+    prefix: Option<waf::Prefix>,
 ) -> Result<(Bytes, u64), (Refusal, bool)> {
     let max = gw.settings.max_llm_body_bytes;
     if declared_length(headers).is_some_and(|n| n > max as u64) {
         return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
     }
-    let bytes = match http_body_util::Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
+    // The WAF may have read the body, or its start, already.
+    let (first, rest_max) = match prefix {
+        Some(p) if p.bytes.len() > max => {
+            return Err((Refusal::plain(ErrorCode::PayloadTooLarge), !p.complete));
+        }
+        Some(p) if p.complete => (Some(p.bytes), None),
+        Some(p) => {
+            let left = max - p.bytes.len();
+            (Some(p.bytes), Some(left))
+        }
+        None => (None, Some(max)),
+    };
+    let collected = match rest_max {
+        None => Ok(Bytes::new()),
+        Some(limit) => http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map(|c| c.to_bytes()),
+    };
+    let bytes = match collected {
+        Ok(rest) => match first {
+            None => rest,
+            Some(f) if rest.is_empty() => f,
+            Some(f) => {
+                let mut all = bytes::BytesMut::with_capacity(f.len() + rest.len());
+                all.extend_from_slice(&f);
+                all.extend_from_slice(&rest);
+                all.freeze()
+            }
+        },
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
         }
@@ -409,6 +516,25 @@ async fn admit_llm(
         }
     }
     Ok((bytes, parsed.prompt_tokens_estimate))
+}
+
+/// The audit line of a WAF block, or of what would have been blocked in `detect` mode:
+/// tenant, route, request id, the rules that matched and the names of the variables they
+/// matched. Never the values (they are the client's data, and may be secrets).
+fn waf_audit(route: &RouteRt, w: &RouteWaf, request_id: &HeaderValue, v: &tenantry_waf::Verdict) {
+    tracing::warn!(
+        target: "tenantry::waf",
+        tenant = %route.tenant,
+        route = %route.id,
+        request_id = request_id.to_str().unwrap_or(""),
+        action = v.action.as_str(),
+        level = w.level.as_str(),
+        mode = w.mode.as_str(),
+        rule_ids = ?v.rule_ids,
+        variables = ?v.variables,
+        "WAF {}",
+        if v.action == tenantry_waf::Action::Block { "blocked a request" } else { "would block a request (detect mode)" }
+    );
 }
 
 /// Adds the admission's rate-limit headers to an error answered after it.

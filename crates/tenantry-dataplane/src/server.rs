@@ -334,6 +334,9 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     watcher: Watcher,
 ) {
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let result = match kind {
         Kind::Admin => {
             let gw = Arc::clone(gw);
@@ -349,7 +352,7 @@ async fn serve_connection(
         Kind::Proxy { tls: false } => {
             serve_proxy(
                 TokioIo::new(stream),
-                ConnInfo::new(peer, false),
+                ConnInfo::new(peer, false).with_local(local),
                 gw,
                 builder,
                 watcher,
@@ -370,7 +373,7 @@ async fn serve_connection(
             };
             serve_proxy(
                 TokioIo::new(stream),
-                ConnInfo::new(peer, true),
+                ConnInfo::new(peer, true).with_local(local),
                 gw,
                 builder,
                 watcher,

@@ -20,6 +20,7 @@ use crate::admission::Admission;
 use crate::metrics::{MetricsRegistry, RouteMetrics};
 use crate::tls::{self, CertCache};
 use crate::upstream::IdlePool;
+use crate::waf::{RouteWaf, WafPhase};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -163,6 +164,8 @@ pub struct RouteRt {
     pub metrics: Arc<RouteMetrics>,
     /// Rate limit, quotas and LLM policy (`None`: nothing to check).
     pub admission: Option<Arc<Admission>>,
+    /// The WAF (`None`: level `off`, nothing inspected).
+    pub waf: Option<Arc<RouteWaf>>,
     /// Round-robin position and smooth-weighted state.
     pub(crate) lb: LbState,
 }
@@ -311,6 +314,7 @@ impl RoutingTable {
         changes: &[Change],
         metrics: &MetricsRegistry,
         certs: &mut CertCache,
+        waf: &WafPhase,
     ) -> Result<RoutingTable, TableError> {
         let mut next = self.clone();
         // Remove every changed tenant first, then insert: a host may move from one tenant to
@@ -321,7 +325,7 @@ impl RoutingTable {
             .collect();
         for (change, old) in changes.iter().zip(&olds) {
             if let Change::PutTenant(t) = change {
-                next.insert_tenant(t, old.as_deref(), metrics, certs)?;
+                next.insert_tenant(t, old.as_deref(), metrics, certs, waf)?;
             }
         }
         metrics.retain_tenants(|t| next.tenants.contains_key(t));
@@ -346,11 +350,12 @@ impl RoutingTable {
         old: Option<&[Arc<RouteRt>]>,
         metrics: &MetricsRegistry,
         certs: &mut CertCache,
+        waf: &WafPhase,
     ) -> Result<(), TableError> {
         let mut by_host: Vec<HostGroup> = Vec::new();
         let mut routes = Vec::with_capacity(t.routes.len());
         for r in &t.routes {
-            let rt = Arc::new(build_route(t, r, old, metrics));
+            let rt = Arc::new(build_route(t, r, old, metrics, waf));
             let cert = match &r.tls {
                 Some(files) => Some(certs.load(files).map_err(|source| TableError::Tls {
                     tenant: t.id.clone(),
@@ -392,6 +397,7 @@ fn build_route(
     r: &Route,
     old: Option<&[Arc<RouteRt>]>,
     metrics: &MetricsRegistry,
+    waf: &WafPhase,
 ) -> RouteRt {
     let old_route = old.and_then(|o| o.iter().find(|x| x.id == r.id));
     let backends = r
@@ -433,6 +439,7 @@ fn build_route(
         health_check: r.health_check.clone(),
         metrics: metrics.route(&t.id, &r.id),
         admission: Admission::for_route(t, r),
+        waf: waf.for_route(t, r),
     }
 }
 

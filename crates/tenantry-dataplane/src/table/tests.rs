@@ -41,7 +41,8 @@ fn tenant(id: &str, routes: Vec<Route>) -> Tenant {
 }
 
 fn build(prev: &RoutingTable, from: &Snapshot, to: &Snapshot, m: &MetricsRegistry) -> RoutingTable {
-    prev.apply(&from.diff(to), m, &mut CertCache::default())
+    let waf = crate::waf::WafPhase::new(Default::default());
+    prev.apply(&from.diff(to), m, &mut CertCache::default(), &waf)
         .unwrap()
 }
 
