@@ -183,6 +183,17 @@ pub async fn handle(
                     waf_audit(&route, &w, &request_id, &v);
                 }
             }
+            // LLM routes parse the body themselves and answer `400 invalid_body` with the
+            // reason: an unreadable body is theirs to refuse (it is never forwarded).
+            waf::Outcome::Refuse(ErrorCode::WafBlocked, Some(v))
+                if v.only_unreadable_body()
+                    && route
+                        .admission
+                        .as_ref()
+                        .is_some_and(|a| a.kind == RouteKind::Llm) =>
+            {
+                route.metrics.waf(WafOutcome::Pass);
+            }
             waf::Outcome::Refuse(code, verdict) => {
                 let (outcome, extra) = match (&code, &verdict) {
                     (ErrorCode::WafBlocked, Some(v)) => {

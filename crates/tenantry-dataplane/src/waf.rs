@@ -101,7 +101,9 @@ impl WafPhase {
         if let Err(e) = &rules {
             let consequence = match self.settings.on_unavailable {
                 WafUnavailable::Deny => "its routes answer 503 waf_unavailable",
-                WafUnavailable::Allow => "its routes are served UNINSPECTED (on_unavailable: allow)",
+                WafUnavailable::Allow => {
+                    "its routes are served UNINSPECTED (on_unavailable: allow)"
+                }
             };
             tracing::error!(
                 tenant = %t.id,

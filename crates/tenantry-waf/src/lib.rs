@@ -139,6 +139,14 @@ pub struct Verdict {
     pub variables: Vec<String>,
 }
 
+impl Verdict {
+    /// Whether the only rule that matched is Tenantry's "request body could not be parsed"
+    /// (a complete JSON, XML or multipart body the engine could not read).
+    pub fn only_unreadable_body(&self) -> bool {
+        self.rule_ids == [rules::RULE_BODY_ERROR] || self.rule_ids == [rules::RULE_MULTIPART_ERROR]
+    }
+}
+
 struct Job {
     rules: Arc<RuleSet>,
     request: Inspection,

@@ -168,8 +168,8 @@ async fn file_tenants_waf_comes_from_the_file() {
         extra,
     ))
     .replace(
-        "    plan: enterprise\n",
-        "    plan: enterprise\n    waf: { mode: detect, exclusions: [942100] }\n",
+        "    waf: { level: \"off\" }\n",
+        "    waf: { mode: detect, exclusions: [942100] }\n",
     );
     let t = Tenantry::start(bin(), &yaml).await;
     let admin = t.admin.expect("admin listener");
@@ -186,4 +186,58 @@ async fn file_tenants_waf_comes_from_the_file() {
     let r = admin.put(p, json!({"level": "basic"})).await;
     assert_err(&r, 409, "managed_by_file");
     assert_eq!(admin.must_get(p).await["level"], Value::Null);
+}
+
+/// What the API sets is what the proxy does, at once: the plan's level, then `detect`, then
+/// an exclusion, then a route turning the WAF off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waf_changes_through_the_api_reach_the_proxy() {
+    if !crate::waf::waf_installed() {
+        return;
+    }
+    let echo = echo_backends(1).await;
+    let s = Backend::sqlite().start().await;
+    let admin = s.admin().await;
+    let owner = s.tenant(&admin, "acme", "pro").await;
+    let r = owner
+        .post(
+            "/api/tenants/acme/routes",
+            route("web", "acme.localhost", "/", &[echo[0].addr]),
+        )
+        .await;
+    assert_status(r, 201);
+    let xss = "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let scanner = || async {
+        HttpClient::new()
+            .request(
+                "GET",
+                s.t.http,
+                "acme.localhost",
+                "/",
+                &[("user-agent", "Nikto/2.1.6")],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .status
+    };
+    // The pro plan's level (standard) applies from the start.
+    let r = s.proxy("acme.localhost", xss).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "waf_blocked");
+    assert_eq!(scanner().await, 403);
+
+    let p = "/api/tenants/acme/waf";
+    assert_status(owner.put(p, json!({"mode": "detect"})).await, 200);
+    assert_eq!(s.proxy("acme.localhost", xss).await.status, 200);
+
+    assert_status(owner.put(p, json!({"exclusions": [913100]})).await, 200);
+    assert_eq!(scanner().await, 200);
+    assert_eq!(s.proxy("acme.localhost", xss).await.status, 403);
+
+    let mut body = route("web", "acme.localhost", "/", &[echo[0].addr]);
+    body["waf"] = json!({"level": "off"});
+    let r = owner.put("/api/tenants/acme/routes/web", body).await;
+    assert_status(r, 200);
+    assert_eq!(s.proxy("acme.localhost", xss).await.status, 200);
 }
