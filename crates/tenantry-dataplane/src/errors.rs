@@ -33,6 +33,8 @@ pub enum ErrorCode {
     InvalidBody,
     /// The request body is larger than the route accepts (413).
     PayloadTooLarge,
+    /// The method is not served by the gateway: `CONNECT` (405).
+    MethodNotAllowed,
     /// The WAF's rules condemned the request (403, with the matched `rule_ids`).
     WafBlocked,
     /// Every WAF inspection slot is taken, or the tenant holds its share of them (503, with
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::WafBlocked => "waf_blocked",
             ErrorCode::WafBusy => "waf_busy",
             ErrorCode::WafUnavailable => "waf_unavailable",
@@ -79,6 +82,7 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             ErrorCode::WafBusy | ErrorCode::WafUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }

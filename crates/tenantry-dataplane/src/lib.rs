@@ -12,6 +12,7 @@ pub mod errors;
 pub mod gateway;
 pub mod health;
 pub mod lb;
+pub mod linger;
 pub mod llm;
 pub mod metrics;
 pub mod proxy;

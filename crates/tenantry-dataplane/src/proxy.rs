@@ -214,6 +214,17 @@ pub async fn handle(
         }
     }
 
+    // A reverse proxy opens no tunnels: CONNECT is refused, once the WAF has seen it (attack
+    // tools probe with it): 405, or 400 when the target is not `host:port`.
+    if req.method() == http::Method::CONNECT {
+        let code = if req.uri().port().is_some() {
+            ErrorCode::MethodNotAllowed
+        } else {
+            ErrorCode::BadRequest
+        };
+        return local_error(&gw, code, tap, true);
+    }
+
     // Phase 2b: admission (rate limit, bandwidth quota); LLM routes read and check the body
     // below, once the request is taken apart.
     let admission = route.admission.clone();
@@ -605,10 +616,27 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// What is left to check here is the host: two `Host` headers could route one way here and
 /// another way upstream.
 fn request_filter<B>(req: &Request<B>) -> Result<(), ErrorCode> {
+    let host = req.headers().get(header::HOST);
     if req.version() < Version::HTTP_2 && req.headers().get_all(header::HOST).iter().count() > 1 {
         return Err(ErrorCode::BadRequest);
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400.
+    match host {
+        Some(h) if !valid_authority(h.as_bytes()) => return Err(ErrorCode::BadRequest),
+        None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            return Err(ErrorCode::BadRequest);
+        }
+        _ => {}
+    }
     Ok(())
+}
+
+/// Whether a `Host` value is a plausible `host[:port]`: a name, IPv4 or bracketed IPv6
+/// literal, nothing else (no spaces, controls, `%`, `/`, `@`).
+fn valid_authority(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_:[]".contains(c))
 }
 
 /// Phase 2: the route for this host and path.

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::RespBody;
 use crate::gateway::Gateway;
+use crate::linger::Lingering;
 use crate::proxy::{self, ConnInfo};
 
 /// The process's listening sockets (bound here, or inherited through `--upgrade`).
@@ -351,7 +352,7 @@ async fn serve_connection(
         }
         Kind::Proxy { tls: false } => {
             serve_proxy(
-                TokioIo::new(stream),
+                TokioIo::new(Lingering::new(stream)),
                 ConnInfo::new(peer, false).with_local(local),
                 gw,
                 builder,
@@ -361,8 +362,11 @@ async fn serve_connection(
         }
         Kind::Proxy { tls: true } => {
             let Some(acceptor) = tls else { return };
-            let handshake =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let handshake = tokio::time::timeout(
+                Duration::from_secs(10),
+                acceptor.accept(Lingering::new(stream)),
+            )
+            .await;
             let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

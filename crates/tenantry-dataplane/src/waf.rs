@@ -224,7 +224,7 @@ impl WafPhase {
         let uri = s
             .uri
             .path_and_query()
-            .map_or_else(|| s.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+            .map_or_else(|| s.uri.to_string(), |pq| pq.as_str().to_owned());
         let (bytes, partial) = match body {
             Some(p) if p.bytes.len() > self.settings.max_body => {
                 (p.bytes.slice(..self.settings.max_body), true)
