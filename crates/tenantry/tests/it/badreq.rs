@@ -136,3 +136,71 @@ async fn survives_random_and_mutated_requests() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// A missing (HTTP/1.1) or malformed Host is a 400 (RFC 9112 §3.2); CONNECT opens no tunnel
+/// (405, or 400 without a port); none of them reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_connect_are_checked() {
+    let b = echo_backends(1).await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
+    let d = Duration::from_secs(3);
+    let cases: [(&[u8], &str); 5] = [
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: acme.localhost%1F\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"CONNECT acme.localhost:443 HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            b"CONNECT acme.localhost HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (req, want) in cases {
+        let got = raw_request(t.http, req, d).await;
+        assert!(
+            got.starts_with(want),
+            "sent {:?}: got {got:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    // HTTP/1.0 may omit Host: it is simply not routed.
+    let got = raw_request(t.http, b"GET / HTTP/1.0\r\n\r\n", d).await;
+    assert!(got.starts_with("HTTP/1.0 404"), "{got:?}");
+    assert_eq!(b[0].hits(), 0);
+}
+
+/// A request refused before it was read to the end still gets its 400: the connection stops
+/// writing and drains what the client sends instead of resetting (which can destroy the
+/// answer in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_unread_requests_linger_instead_of_resetting() {
+    use std::io::{Read, Write};
+    let b = echo_backends(1).await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
+    let addr = t.http;
+    let resets = tokio::task::spawn_blocking(move || {
+        let req = "GET / HTTP/3.0\r\nAccept: text/xml,application/xml\r\nAccept-Language: en-us,en;q=0.5\r\nHost: acme.localhost\r\nKeep-Alive: 300\r\nProxy-Connection: keep-alive\r\nUser-Agent: Mozilla/5.0\r\n\r\n";
+        let mut resets = 0;
+        for _ in 0..40 {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            let read = s.read_to_end(&mut out);
+            assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&out));
+            // After a reset, the read fails or shutting down says "not connected".
+            if read.is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
+                resets += 1;
+            }
+        }
+        resets
+    })
+    .await
+    .unwrap();
+    assert_eq!(resets, 0, "connections reset instead of closed");
+}
