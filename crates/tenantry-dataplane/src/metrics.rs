@@ -137,9 +137,12 @@ impl RouteMetrics {
     }
 
     /// Records a finished request.
+    /// Status 0 (the client left before any response) counts in the histogram, not in a class.
     pub fn observe(&self, status: u16, elapsed: Duration) {
-        let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.status[class].fetch_add(1, Ordering::Relaxed);
+        if status >= 100 {
+            let class = usize::from((status / 100).clamp(1, 5)) - 1;
+            self.status[class].fetch_add(1, Ordering::Relaxed);
+        }
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);

@@ -9,8 +9,10 @@
 //!   CRS tuning, the CRS rules from the configured directory, and `waf.extra_rules`.
 //! - **Inspection.** [`Waf::inspect`] queues the request on a bounded pool of threads (each
 //!   with its own libmodsecurity instance) and awaits the [`Verdict`]: the proxy's event loops
-//!   never run a rule. A full queue, or one tenant holding half of it, answers
-//!   [`WafError::Busy`] at once instead of delaying everyone.
+//!   never run a rule. One tenant holds at most half of the queue: its further requests wait
+//!   (asynchronously, up to [`QUEUE_WAIT`]) for one of its own slots, so other tenants keep
+//!   theirs. [`WafError::Busy`] answers a request that waited that long, or finds the whole
+//!   queue full. An inspection whose request was abandoned meanwhile is skipped.
 //!
 //! Only the `ffi` module may use `unsafe` (the workspace denies it everywhere else).
 
@@ -29,11 +31,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Version};
 use tenantry_config::WafSettings;
 use tenantry_domain::{TenantId, WafMode};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 pub use rules::RulesKey;
 
 type FastMap<K, V> = HashMap<K, V>;
+
+/// How long a request waits for one of its tenant's inspection slots before `503 waf_busy`.
+pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the WAF could not give a verdict.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,8 +164,8 @@ struct Inner {
     version: String,
     sets: Mutex<FastMap<RulesKey, Weak<RuleSet>>>,
     queue: SyncSender<Job>,
-    /// Inspections queued or running, per tenant.
-    per_tenant: Mutex<FastMap<TenantId, usize>>,
+    /// Each tenant's inspection slots (queued or running), created on first use.
+    per_tenant: Mutex<(FastMap<TenantId, Arc<Semaphore>>, usize)>,
     /// Most inspections one tenant may have queued or running.
     tenant_share: usize,
     workers: usize,
@@ -228,7 +233,7 @@ impl Waf {
                 version,
                 sets: Mutex::default(),
                 queue: tx,
-                per_tenant: Mutex::default(),
+                per_tenant: Mutex::new((FastMap::default(), 64)),
                 tenant_share: (capacity + workers).div_ceil(2),
                 workers,
                 pending: AtomicUsize::new(0),
@@ -288,7 +293,15 @@ impl Waf {
         tenant: &TenantId,
         request: Inspection,
     ) -> Result<Verdict, WafError> {
-        let _slot = Slot::take(&self.inner, tenant)?;
+        let slots = self.inner.slots(tenant);
+        let _slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(QUEUE_WAIT, slots.acquire_owned())
+                .await
+                .map_err(|_| WafError::Busy)?
+                .map_err(|_| WafError::Failed)?,
+        };
+        let _pending = Pending::new(&self.inner.pending);
         let (reply, verdict) = oneshot::channel();
         let job = Job {
             rules: Arc::clone(rules),
@@ -304,42 +317,38 @@ impl Waf {
     }
 }
 
-/// One tenant's claim on the queue, released when the inspection ends or is abandoned.
-struct Slot<'a> {
-    inner: &'a Inner,
-    tenant: TenantId,
-}
-
-impl<'a> Slot<'a> {
-    fn take(inner: &'a Inner, tenant: &TenantId) -> Result<Slot<'a>, WafError> {
-        let mut map = inner.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(tenant.clone()).or_insert(0);
-        if *n >= inner.tenant_share {
-            return Err(WafError::Busy);
+impl Inner {
+    /// The tenant's slots (unused ones are swept as the map grows).
+    fn slots(&self, tenant: &TenantId) -> Arc<Semaphore> {
+        let mut guard = self.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, sweep_at) = &mut *guard;
+        if let Some(s) = map.get(tenant) {
+            return Arc::clone(s);
         }
-        *n += 1;
-        inner.pending.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot {
-            inner,
-            tenant: tenant.clone(),
-        })
+        if map.len() >= *sweep_at {
+            let share = self.tenant_share;
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < share);
+            *sweep_at = (map.len() * 2).max(64);
+        }
+        let s = Arc::new(Semaphore::new(self.tenant_share));
+        map.insert(tenant.clone(), Arc::clone(&s));
+        s
     }
 }
 
-impl Drop for Slot<'_> {
+/// Counts an inspection as pending while it lives.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Pending(n)
+    }
+}
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.inner.pending.fetch_sub(1, Ordering::Relaxed);
-        let mut map = self
-            .inner
-            .per_tenant
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.tenant);
-            }
-        }
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -372,6 +381,10 @@ fn worker(engine: ffi::Engine, rx: &Mutex<Receiver<Job>>, match_log: Option<&log
         let Ok(job) = job else {
             return;
         };
+        // The request was abandoned (client gone) while it waited: nobody wants the verdict.
+        if job.reply.is_closed() {
+            continue;
+        }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             evaluate(&engine, &job.rules, &job.request, match_log, &mut scratch)
         }));

@@ -335,3 +335,47 @@ fn a_missing_crs_directory_is_a_rules_error() {
         .unwrap_err();
     assert!(matches!(err, WafError::Rules(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_beyond_its_share_waits_and_others_keep_theirs() {
+    let Some(shared) = waf() else {
+        return;
+    };
+    let mut settings = shared.settings().clone();
+    settings.workers = Some(1);
+    settings.queue = 4; // a tenant may hold 3 slots (half of queue + workers)
+    let waf = Waf::start(&settings).unwrap();
+    let rules = waf
+        .rules(&key(WafLevel::Standard, WafMode::Block, &[]))
+        .unwrap();
+    let heavy = TenantId::parse("heavy").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (waf, rules, heavy) = (waf.clone(), Arc::clone(&rules), heavy.clone());
+        tasks.push(tokio::spawn(async move {
+            waf.inspect(&rules, &heavy, request("GET", "/a?b=c", &[], b""))
+                .await
+        }));
+    }
+    let other = waf
+        .inspect(
+            &rules,
+            &TenantId::parse("other").unwrap(),
+            request("GET", "/", &[], b""),
+        )
+        .await;
+    assert_eq!(
+        other.unwrap().action,
+        Action::Pass,
+        "the other tenant got a slot"
+    );
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert_eq!(
+            v.unwrap().action,
+            Action::Pass,
+            "the heavy tenant's requests waited, none refused"
+        );
+    }
+    assert_eq!(waf.pending(), 0);
+}
