@@ -642,8 +642,8 @@ echo
 echo "T = tenantry, N = nginx (+ libmodsecurity when the level is not off); us/req = the proxy process tree's utime+stime per request;"
 echo "T/T-off and N/N-off = RPS relative to the same proxy with the WAF off (same request); target = T/N rps >= $TARGET"
 echo "(\"invalid\" when either side answered more than $NON2XX_MAX_PCT% non-2xx: wrk's RPS counts those answers too)."
-echo "Tenantry's counters after the runs (checks and warm-ups included; \"1xx\" = requests whose client left before the answer,"
-echo "i.e. those in flight when each wrk run stopped: Tenantry files status 0 under 1xx):"
+echo "Tenantry's counters after the runs (checks and warm-ups included; requests whose client left before the answer,"
+echo "i.e. those in flight when each wrk run stopped, are in no status class):"
 printf '  %s\n' "${WAF_LINES[@]}"
 if ((${#errlines[@]})); then
     echo "log lines worth a look:"
