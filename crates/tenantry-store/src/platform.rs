@@ -626,8 +626,8 @@ impl<'a> PlatformStore<'a> {
             plans.insert(tenant, (plan, limits, anchor));
         }
         let mut routes = sql::fetch_all_routes(&mut tx).await?;
-        let mut policies = sql::fetch_all_policies(&mut tx).await?;
-        let mut wafs = sql::fetch_all_wafs(&mut tx).await?;
+        let mut policies = sql::fetch_all_docs(&mut tx, &sql::POLICY).await?;
+        let mut wafs = sql::fetch_all_docs(&mut tx, &sql::WAF).await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(tenants.len());
         for tenant in tenants {
@@ -699,8 +699,8 @@ impl<'a> PlatformStore<'a> {
                 .await?
                 .into_iter()
                 .collect();
-        let mut policies = sql::fetch_all_policies(&mut tx).await?;
-        let mut wafs = sql::fetch_all_wafs(&mut tx).await?;
+        let mut policies = sql::fetch_all_docs(&mut tx, &sql::POLICY).await?;
+        let mut wafs = sql::fetch_all_docs(&mut tx, &sql::WAF).await?;
         let mut all_routes = sql::fetch_all_routes(&mut tx).await?;
         let require_plan = |p: &str| {
             if plan_names.contains(p) {
@@ -783,14 +783,15 @@ impl<'a> PlatformStore<'a> {
             // The file's policy wins, like its routes (absent: unrestricted).
             let policy = policies.remove(&t);
             if policy != spec.policy {
-                sql::write_policy(&mut tx, &actor, &t, policy.as_ref(), spec.policy.as_ref())
-                    .await?;
+                let (before, after) = (policy.as_ref(), spec.policy.as_ref());
+                sql::write_doc(&mut tx, &sql::POLICY, &actor, &t, before, after).await?;
                 changed.insert(id.clone());
             }
             // So do its WAF settings (absent: the plan's level, blocking, no exclusions).
             let waf = wafs.remove(&t);
             if waf != spec.waf {
-                sql::write_waf(&mut tx, &actor, &t, waf.as_ref(), spec.waf.as_ref()).await?;
+                let (before, after) = (waf.as_ref(), spec.waf.as_ref());
+                sql::write_doc(&mut tx, &sql::WAF, &actor, &t, before, after).await?;
                 changed.insert(id.clone());
             }
             let mut wanted = spec.routes.clone();
@@ -914,8 +915,8 @@ async fn load_one(conn: &mut AnyConnection, id: &str) -> Result<Option<TenantSta
     };
     let sub = sql::require_subscription(conn, id).await?;
     let routes = sql::fetch_routes(conn, id).await?;
-    let policy = sql::fetch_policy(conn, id).await?;
-    let waf = sql::fetch_waf(conn, id).await?;
+    let policy = sql::fetch_doc(conn, &sql::POLICY, id).await?;
+    let waf = sql::fetch_doc(conn, &sql::WAF, id).await?;
     Ok(Some(TenantState {
         tenant,
         plan: sub.plan,

@@ -5,8 +5,11 @@
 //! tenant and filter by it.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -228,95 +231,72 @@ pub(crate) async fn fetch_tenant(
     .transpose()
 }
 
-/// The tenant's stored LLM policy.
-pub(crate) async fn fetch_policy(
+/// A JSON document of type `T` kept in a column of `tenants`, replaced whole and audited on
+/// change.
+pub(crate) struct TenantDoc<T> {
+    /// The column.
+    column: &'static str,
+    /// What it is, for decoding errors.
+    label: &'static str,
+    /// The audit action of a change.
+    action: &'static str,
+    doc: PhantomData<fn() -> T>,
+}
+
+/// The tenant's LLM policy.
+pub(crate) const POLICY: TenantDoc<PolicySpec> = TenantDoc {
+    column: "policy",
+    label: "tenant policy",
+    action: "tenant.policy",
+    doc: PhantomData,
+};
+
+/// The tenant's WAF settings.
+pub(crate) const WAF: TenantDoc<TenantWafSpec> = TenantDoc {
+    column: "waf",
+    label: "tenant waf",
+    action: "tenant.waf_updated",
+    doc: PhantomData,
+};
+
+/// The tenant's stored document (`None`: the column is empty).
+pub(crate) async fn fetch_doc<T: DeserializeOwned>(
     conn: &mut AnyConnection,
+    doc: &TenantDoc<T>,
     id: &str,
-) -> Result<Option<PolicySpec>, StoreError> {
-    let text: Option<Option<String>> =
-        sqlx::query_scalar("SELECT policy FROM tenants WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    text.flatten()
-        .map(|s| codec::from_text("tenant policy", &s))
-        .transpose()
-}
-
-/// Replaces a tenant's stored LLM policy and records the change (`tenant.policy`).
-pub(crate) async fn write_policy(
-    conn: &mut AnyConnection,
-    actor: &Actor,
-    tenant: &str,
-    before: Option<&PolicySpec>,
-    after: Option<&PolicySpec>,
-) -> Result<(), StoreError> {
-    let text = after.map(codec::to_text).transpose()?;
-    sqlx::query("UPDATE tenants SET policy = $2 WHERE id = $1")
-        .bind(tenant)
-        .bind(text)
-        .execute(&mut *conn)
-        .await?;
-    let json = |p: Option<&PolicySpec>| serde_json::to_value(p).unwrap_or(Value::Null);
-    write_audit(
-        conn,
-        actor,
-        Some(tenant),
-        "tenant.policy",
-        tenant,
-        Some(&json(before)),
-        Some(&json(after)),
-    )
-    .await
-}
-
-/// Every tenant's stored LLM policy, keyed by tenant id.
-pub(crate) async fn fetch_all_policies(
-    conn: &mut AnyConnection,
-) -> Result<HashMap<String, PolicySpec>, StoreError> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, policy FROM tenants WHERE policy IS NOT NULL")
-            .fetch_all(&mut *conn)
-            .await?;
-    rows.into_iter()
-        .map(|(id, text)| Ok((id, codec::from_text("tenant policy", &text)?)))
-        .collect()
-}
-
-/// The tenant's stored WAF settings.
-pub(crate) async fn fetch_waf(
-    conn: &mut AnyConnection,
-    id: &str,
-) -> Result<Option<TenantWafSpec>, StoreError> {
-    let text: Option<Option<String>> = sqlx::query_scalar("SELECT waf FROM tenants WHERE id = $1")
+) -> Result<Option<T>, StoreError> {
+    let sql = format!("SELECT {} FROM tenants WHERE id = $1", doc.column);
+    let text: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
     text.flatten()
-        .map(|s| codec::from_text("tenant waf", &s))
+        .map(|s| codec::from_text(doc.label, &s))
         .transpose()
 }
 
-/// Replaces a tenant's stored WAF settings and records the change (`tenant.waf_updated`).
-pub(crate) async fn write_waf(
+/// Replaces a tenant's stored document and records the change (`doc.action`).
+pub(crate) async fn write_doc<T: Serialize>(
     conn: &mut AnyConnection,
+    doc: &TenantDoc<T>,
     actor: &Actor,
     tenant: &str,
-    before: Option<&TenantWafSpec>,
-    after: Option<&TenantWafSpec>,
+    before: Option<&T>,
+    after: Option<&T>,
 ) -> Result<(), StoreError> {
     let text = after.map(codec::to_text).transpose()?;
-    sqlx::query("UPDATE tenants SET waf = $2 WHERE id = $1")
+    let sql = format!("UPDATE tenants SET {} = $2 WHERE id = $1", doc.column);
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(text)
         .execute(&mut *conn)
         .await?;
-    let json = |w: Option<&TenantWafSpec>| serde_json::to_value(w).unwrap_or(Value::Null);
+    let json = |v: Option<&T>| serde_json::to_value(v).unwrap_or(Value::Null);
     write_audit(
         conn,
         actor,
         Some(tenant),
-        "tenant.waf_updated",
+        doc.action,
         tenant,
         Some(&json(before)),
         Some(&json(after)),
@@ -324,16 +304,20 @@ pub(crate) async fn write_waf(
     .await
 }
 
-/// Every tenant's stored WAF settings, keyed by tenant id.
-pub(crate) async fn fetch_all_wafs(
+/// Every tenant's stored document, keyed by tenant id.
+pub(crate) async fn fetch_all_docs<T: DeserializeOwned>(
     conn: &mut AnyConnection,
-) -> Result<HashMap<String, TenantWafSpec>, StoreError> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, waf FROM tenants WHERE waf IS NOT NULL")
-            .fetch_all(&mut *conn)
-            .await?;
+    doc: &TenantDoc<T>,
+) -> Result<HashMap<String, T>, StoreError> {
+    let sql = format!(
+        "SELECT id, {c} FROM tenants WHERE {c} IS NOT NULL",
+        c = doc.column
+    );
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
     rows.into_iter()
-        .map(|(id, text)| Ok((id, codec::from_text("tenant waf", &text)?)))
+        .map(|(id, text)| Ok((id, codec::from_text(doc.label, &text)?)))
         .collect()
 }
 
@@ -1019,8 +1003,8 @@ pub(crate) async fn export(conn: &mut AnyConnection, tenant: &str) -> Result<Val
     let users = fetch_users(conn, tenant).await?;
     let keys = fetch_keys(conn, tenant).await?;
     let routes = fetch_routes(conn, tenant).await?;
-    let policy = fetch_policy(conn, tenant).await?;
-    let waf = fetch_waf(conn, tenant).await?;
+    let policy = fetch_doc(conn, &POLICY, tenant).await?;
+    let waf = fetch_doc(conn, &WAF, tenant).await?;
     let audit = fetch_audit(conn, Some(tenant), i64::MAX, None).await?;
     Ok(json!({
         "tenant": t.json(),

@@ -118,13 +118,7 @@ impl<'a> TenantScope<'a> {
 
     /// The tenant's LLM policy (`None`: unrestricted); `NotFound` if the tenant does not exist.
     pub async fn policy(&self) -> Result<Option<PolicySpec>, StoreError> {
-        let mut tx = self.read().await?;
-        sql::fetch_tenant(&mut tx, self.t())
-            .await?
-            .ok_or_else(|| not_found("tenant", self.t()))?;
-        let p = sql::fetch_policy(&mut tx, self.t()).await?;
-        tx.commit().await?;
-        Ok(p)
+        self.doc(&sql::POLICY).await
     }
 
     /// Replaces the tenant's LLM policy (`None` removes every restriction).
@@ -133,25 +127,13 @@ impl<'a> TenantScope<'a> {
         actor: &Actor,
         policy: Option<&PolicySpec>,
     ) -> Result<Option<PolicySpec>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.write().await?;
-        sql::lock_tenant(&mut tx, self.t(), now).await?;
-        let before = sql::fetch_policy(&mut tx, self.t()).await?;
-        sql::write_policy(&mut tx, actor, self.t(), before.as_ref(), policy).await?;
-        tx.commit().await?;
-        Ok(policy.cloned())
+        self.set_doc(&sql::POLICY, actor, policy).await
     }
 
     /// The tenant's WAF settings (`None`: the plan's level, blocking, no exclusions);
     /// `NotFound` if the tenant does not exist.
     pub async fn waf(&self) -> Result<Option<TenantWafSpec>, StoreError> {
-        let mut tx = self.read().await?;
-        sql::fetch_tenant(&mut tx, self.t())
-            .await?
-            .ok_or_else(|| not_found("tenant", self.t()))?;
-        let w = sql::fetch_waf(&mut tx, self.t()).await?;
-        tx.commit().await?;
-        Ok(w)
+        self.doc(&sql::WAF).await
     }
 
     /// Replaces the tenant's WAF settings (the caller validated them; `None` restores the
@@ -161,13 +143,36 @@ impl<'a> TenantScope<'a> {
         actor: &Actor,
         waf: Option<&TenantWafSpec>,
     ) -> Result<Option<TenantWafSpec>, StoreError> {
+        self.set_doc(&sql::WAF, actor, waf).await
+    }
+
+    async fn doc<T: serde::de::DeserializeOwned>(
+        &self,
+        doc: &sql::TenantDoc<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut tx = self.read().await?;
+        sql::fetch_tenant(&mut tx, self.t())
+            .await?
+            .ok_or_else(|| not_found("tenant", self.t()))?;
+        let v = sql::fetch_doc(&mut tx, doc, self.t()).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    /// Replaces a document with its audit row, in one transaction under the tenant's lock.
+    async fn set_doc<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
+        &self,
+        doc: &sql::TenantDoc<T>,
+        actor: &Actor,
+        value: Option<&T>,
+    ) -> Result<Option<T>, StoreError> {
         let now = now_ms();
         let mut tx = self.write().await?;
         sql::lock_tenant(&mut tx, self.t(), now).await?;
-        let before = sql::fetch_waf(&mut tx, self.t()).await?;
-        sql::write_waf(&mut tx, actor, self.t(), before.as_ref(), waf).await?;
+        let before = sql::fetch_doc(&mut tx, doc, self.t()).await?;
+        sql::write_doc(&mut tx, doc, actor, self.t(), before.as_ref(), value).await?;
         tx.commit().await?;
-        Ok(waf.cloned())
+        Ok(value.cloned())
     }
 
     /// The subscription with its effective limits; `NotFound` if the tenant does not exist.
