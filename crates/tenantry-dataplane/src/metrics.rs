@@ -358,7 +358,7 @@ impl MetricsRegistry {
         );
         let mut waf: BTreeMap<&str, [u64; 5]> = BTreeMap::new();
         for m in &all {
-            let counts: Vec<u64> = m.waf.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let counts: [u64; 5] = std::array::from_fn(|i| m.waf[i].load(Ordering::Relaxed));
             if counts.iter().any(|v| *v > 0) {
                 let t = waf.entry(&m.tenant).or_default();
                 for (sum, v) in t.iter_mut().zip(counts) {

@@ -158,7 +158,10 @@ pub async fn handle(
                     return local_error(&gw, ErrorCode::PayloadTooLarge, tap, true);
                 }
                 Ok(p) => prefix = Some(p),
-                Err(()) => return local_error(&gw, ErrorCode::BadRequest, tap, true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "request body failed while read for the WAF");
+                    return local_error(&gw, ErrorCode::BadRequest, tap, true);
+                }
             }
         }
         let subject = waf::Subject {

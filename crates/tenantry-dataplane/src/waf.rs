@@ -138,7 +138,7 @@ pub(crate) struct Prefix {
 
 /// Reads up to `max` bytes of the body (all of it when shorter). `Err` when the client's
 /// body failed.
-pub(crate) async fn read_prefix(body: &mut Incoming, max: usize) -> Result<Prefix, ()> {
+pub(crate) async fn read_prefix(body: &mut Incoming, max: usize) -> Result<Prefix, hyper::Error> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
@@ -153,7 +153,7 @@ pub(crate) async fn read_prefix(body: &mut Incoming, max: usize) -> Result<Prefi
                     complete: true,
                 });
             }
-            Some(Err(_)) => return Err(()),
+            Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => {
                 // Trailers end the body as far as the WAF is concerned.
                 let Ok(data) = frame.into_data() else {

@@ -363,6 +363,14 @@ struct Scratch {
     method: Vec<u8>,
 }
 
+/// `ip` written NUL-terminated into `buf`.
+fn ip_cstr(buf: &mut Vec<u8>, ip: std::net::IpAddr) -> &CStr {
+    use std::io::Write as _;
+    buf.clear();
+    let _ = write!(buf, "{ip}\0");
+    CStr::from_bytes_until_nul(buf).unwrap_or(c"")
+}
+
 /// `s` NUL-terminated in `buf` (cut at an inner NUL, which no valid request line holds).
 fn cstr<'b>(buf: &'b mut Vec<u8>, s: &[u8]) -> &'b CStr {
     buf.clear();
@@ -434,8 +442,8 @@ fn evaluate(
                 variables: Vec::new(),
             };
         };
-        let client = cstr(&mut s.client, req.client.ip().to_string().as_bytes());
-        let server = cstr(&mut s.server, req.server.ip().to_string().as_bytes());
+        let client = ip_cstr(&mut s.client, req.client.ip());
+        let server = ip_cstr(&mut s.server, req.server.ip());
         tx.connection(client, req.client.port(), server, req.server.port());
         let uri = cstr(&mut s.uri, req.uri.as_bytes());
         let method = cstr(&mut s.method, req.method.as_str().as_bytes());
