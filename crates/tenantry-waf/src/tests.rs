@@ -24,7 +24,7 @@ fn waf() -> Option<&'static Waf> {
         };
         match res {
             Ok(w) => Some(w),
-            Err(e) if std::env::var_os("TENANTRY_REQUIRE_SERVICES").is_some() => {
+            Err(e) if std::env::var("TENANTRY_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
                 panic!("libmodsecurity and the CRS are required: {e}")
             }
             Err(e) => {

@@ -12,26 +12,7 @@ use serde_json::Value;
 
 use super::*;
 
-const LIBRARY_DIRS: [&str; 3] = [
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib",
-];
-
-/// Whether libmodsecurity 3 and the CRS are installed; skips (or fails in CI) otherwise.
-pub fn waf_installed() -> bool {
-    let lib = LIBRARY_DIRS
-        .iter()
-        .any(|d| Path::new(d).join("libmodsecurity.so.3").exists());
-    let crs = Path::new("/usr/share/modsecurity-crs/rules").is_dir();
-    if lib && crs {
-        return true;
-    }
-    skip_or_fail(
-        "libmodsecurity3 and modsecurity-crs are not installed (apt-get install libmodsecurity3 modsecurity-crs)",
-    );
-    false
-}
+use tenantry_testkit::waf_installed;
 
 /// A tenant on `plan` with one route `web` on `host` (and `waf` lines under the tenant).
 fn waf_tenant(id: &str, host: &str, plan: &str, waf: &str, b: &EchoBackend) -> String {

@@ -192,7 +192,7 @@ async fn file_tenants_waf_comes_from_the_file() {
 /// an exclusion, then a route turning the WAF off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waf_changes_through_the_api_reach_the_proxy() {
-    if !crate::waf::waf_installed() {
+    if !tenantry_testkit::waf_installed() {
         return;
     }
     let echo = echo_backends(1).await;
