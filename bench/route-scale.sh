@@ -32,6 +32,9 @@
 #                          still go through routing; use it to compare the two hosts only)
 #   START_TIMEOUT=300      seconds to wait for start-up
 #   PLAN=pro               plan of every generated tenant
+#   WAF=off                off: every tenant has `waf: { level: off }` (routing alone is measured,
+#                          and it works where libmodsecurity is absent); plan: the plan's WAF level
+#                          (needs libmodsecurity; requests are then inspected)
 #   OUT_DIR=dir            where configs and logs go (default: new /tmp/tenantry-routes.XXXXXX,
 #                          kept after the run; the N-tenant YAML is large)
 set -euo pipefail
@@ -50,11 +53,15 @@ LOOKUP_WRK=${LOOKUP_WRK:-1}
 LOOKUP_DURATION=${LOOKUP_DURATION:-3s}
 START_TIMEOUT=${START_TIMEOUT:-300}
 PLAN=${PLAN:-pro}
+WAF=${WAF:-off}
 METRICS_MAX_TENANTS=${METRICS_MAX_TENANTS:-1000}
 DOMAIN=bench.localhost
 
 [[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, got '$N'"
 ((N >= 2)) || die "N must be at least 2 (RSS per route compares against a 1-tenant config)"
+[[ $WAF == off || $WAF == plan ]] || die "WAF must be off or plan, got '$WAF'"
+WAF_LINE=
+[[ $WAF == off ]] && WAF_LINE='    waf: { level: off }\n'
 [[ $LOOKUP_REQS =~ ^[1-9][0-9]*$ ]] || die "LOOKUP_REQS must be a positive integer"
 command -v curl >/dev/null || die "curl not found"
 
@@ -118,7 +125,7 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/" x "$BACKEND_PID" "$OUT/backend/stder
 # gen_config FILE COUNT
 gen_config() {
     awk -v n="$2" -v lp="$LISTEN_PORT" -v ap="$ADMIN_PORT" -v bp="$BACKEND_PORT" -v th="$THREADS" \
-        -v plan="$PLAN" -v mt="$METRICS_MAX_TENANTS" -v dom="$DOMAIN" -v sock="$OUT/upgrade.sock" 'BEGIN {
+        -v plan="$PLAN" -v mt="$METRICS_MAX_TENANTS" -v dom="$DOMAIN" -v sock="$OUT/upgrade.sock" -v waf="$WAF_LINE" 'BEGIN {
         printf "# route-scale: %d tenants x 1 route\n", n
         printf "listen: 127.0.0.1:%s\nadmin: { listen: 127.0.0.1:%s }\naccess_log: false\n", lp, ap
         printf "runtime: { threads: %s }\nmetrics: { max_tenants: %s }\n", th, mt
@@ -126,13 +133,13 @@ gen_config() {
         for (i = 1; i <= n; i++) tenant(i)
     }
     function tenant(i) {
-        printf "  - id: t%d\n    plan: %s\n    routes:\n      - id: web\n        host: t%d.%s\n", i, plan, i, dom
+        printf "  - id: t%d\n    plan: %s\n" waf "    routes:\n      - id: web\n        host: t%d.%s\n", i, plan, i, dom
         printf "        path_prefix: /\n        algorithm: round_robin\n        backends:\n          - { address: 127.0.0.1:%s }\n", bp
     }' >"$1"
 }
 # the YAML block of one tenant (for the reload step)
 tenant_block() {
-    printf '  - id: t%d\n    plan: %s\n    routes:\n      - id: web\n        host: t%d.%s\n' "$1" "$PLAN" "$1" "$DOMAIN"
+    printf "  - id: t%d\n    plan: %s\n$WAF_LINE    routes:\n      - id: web\n        host: t%d.%s\n" "$1" "$PLAN" "$1" "$DOMAIN"
     printf '        path_prefix: /\n        algorithm: round_robin\n        backends:\n          - { address: 127.0.0.1:%s }\n' "$BACKEND_PORT"
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenantry_domain::{
-    Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern,
+    Algorithm, Backend, BackendAddr, BackendState, Conflict, HealthCheck, HostPattern, PlanLimits,
     RateLimitKey, Route, RouteId, RouteKind, RouteRateLimit, RouteWaf, Snapshot, Tenant, TenantId,
     TenantPolicy, TenantWaf, TlsFiles, WafLevel, WafMode,
 };
@@ -369,23 +369,53 @@ fn report_conflict(spec: &GatewaySpec, c: &Conflict, errs: &mut ConfigErrors) {
     }
 }
 
-/// Shares one allocation between the many tenants and routes that repeat the same short
-/// string (plan names, the `/` prefix): a 100k-tenant file otherwise holds 100k copies.
-fn interned(s: &str) -> Arc<str> {
-    thread_local! {
-        static STRINGS: std::cell::RefCell<HashSet<Arc<str>>> = std::cell::RefCell::new(HashSet::new());
-    }
-    STRINGS.with(|set| {
+/// A thread's pool of shared values (at most [`POOL_CAP`] of them; values beyond are not
+/// shared, so a stream of distinct values cannot grow it without bound).
+type Pool<T> = std::cell::RefCell<HashSet<Arc<T>>>;
+
+const POOL_CAP: usize = 1024;
+
+fn intern_in<T: ?Sized + std::hash::Hash + Eq>(
+    pool: &'static std::thread::LocalKey<Pool<T>>,
+    value: &T,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    pool.with(|set| {
         let mut set = set.borrow_mut();
-        if let Some(existing) = set.get(s) {
+        if let Some(existing) = set.get(value) {
             return Arc::clone(existing);
         }
-        let new: Arc<str> = s.into();
-        if set.len() < 1024 {
+        let new = make();
+        if set.len() < POOL_CAP {
             set.insert(Arc::clone(&new));
         }
         new
     })
+}
+
+/// Shares one allocation between the many tenants and routes that repeat the same short
+/// string (plan names, the `/` prefix): a 100k-tenant file otherwise holds 100k copies.
+fn interned(s: &str) -> Arc<str> {
+    thread_local! {
+        static STRINGS: Pool<str> = Pool::default();
+    }
+    intern_in(&STRINGS, s, || s.into())
+}
+
+/// Tenants on the same plan without overrides share one set of limits.
+fn interned_limits(l: &PlanLimits) -> Arc<PlanLimits> {
+    thread_local! {
+        static LIMITS: Pool<PlanLimits> = Pool::default();
+    }
+    intern_in(&LIMITS, l, || Arc::new(l.clone()))
+}
+
+/// Tenants with the same WAF settings (say `level: off`) share them.
+fn interned_waf(w: TenantWaf) -> Arc<TenantWaf> {
+    thread_local! {
+        static WAFS: Pool<TenantWaf> = Pool::default();
+    }
+    intern_in(&WAFS, &w, || Arc::new(w.clone()))
 }
 
 fn addr(value: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
@@ -774,7 +804,7 @@ fn validate_tenant_waf(
         mode,
         exclusions: exclusions.into_boxed_slice(),
     };
-    (waf != TenantWaf::default()).then(|| Arc::new(waf))
+    (waf != TenantWaf::default()).then(|| interned_waf(waf))
 }
 
 /// A route's `waf`; `None` when it overrides nothing.
@@ -874,7 +904,7 @@ pub struct StoredTenant<'a> {
     /// Plan name.
     pub plan: &'a str,
     /// Effective limits.
-    pub limits: Option<&'a Arc<tenantry_domain::PlanLimits>>,
+    pub limits: Option<&'a PlanLimits>,
     /// Whether it is suspended.
     pub suspended: bool,
     /// LLM policy.
@@ -909,7 +939,7 @@ pub fn tenant_from_store(t: StoredTenant<'_>, base: &Path) -> Result<Tenant, Con
     Ok(Tenant {
         id: id.clone(),
         plan: interned(t.plan),
-        limits: t.limits.cloned(),
+        limits: t.limits.map(interned_limits),
         suspended: t.suspended,
         policy,
         waf,

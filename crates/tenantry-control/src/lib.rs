@@ -131,12 +131,11 @@ pub fn to_domain(
     state: &TenantState,
     base: &std::path::Path,
 ) -> Result<tenantry_domain::Tenant, tenantry_config::ConfigErrors> {
-    let limits = Arc::new(state.limits.clone());
     tenantry_config::tenant_from_store(
         tenantry_config::StoredTenant {
             id: &state.tenant.id,
             plan: &state.plan,
-            limits: Some(&limits),
+            limits: Some(&state.limits),
             suspended: state.tenant.status == TenantStatus::Suspended,
             policy: state.policy.as_ref(),
             waf: state.waf.as_ref(),
@@ -160,18 +159,19 @@ pub async fn load_snapshot(
     store: &Store,
     base: &std::path::Path,
 ) -> Result<tenantry_domain::Snapshot, StoreError> {
-    let all = store.platform().load_all().await?;
-    let mut tenants = Vec::with_capacity(all.len());
-    for state in &all {
-        match to_domain(state, base) {
+    // Tenant by tenant: only the domain tenants stay, never the whole store's rows.
+    let mut tenants = Vec::new();
+    store
+        .platform()
+        .load_each(|state| match to_domain(&state, base) {
             Ok(t) => tenants.push(t),
             Err(e) => tracing::error!(
                 tenant = %state.tenant.id,
                 errors = %describe(&e),
                 "tenant skipped: its stored routes are invalid"
             ),
-        }
-    }
+        })
+        .await?;
     Ok(tenantry_domain::Snapshot::from_tenants(tenants))
 }
 

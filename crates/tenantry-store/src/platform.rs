@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 use sqlx::AnyConnection;
-use tenantry_config::{RouteSpec, TenantSpec};
+use tenantry_config::{PolicySpec, RouteSpec, TenantSpec, TenantWafSpec};
 use tenantry_domain::{LimitOverrides, PlanLimits, Role, TenantId, default_plans, derive_limits};
 
 use crate::records::{
@@ -29,6 +29,40 @@ fn not_found(kind: &'static str, id: &str) -> StoreError {
         kind,
         id: id.to_owned(),
     }
+}
+
+/// Tenants per page when the whole store is read ([`each_stored`]).
+const LOAD_PAGE: i64 = 1000;
+
+/// A subscription row's (tenant, (plan, effective limits, billing anchor)); `plans` caches
+/// each plan's decoded limits.
+fn subscription_limits(
+    row: &sqlx::any::AnyRow,
+    plans: &mut HashMap<String, PlanLimits>,
+) -> Result<(String, (String, PlanLimits, i64)), StoreError> {
+    use sqlx::Row;
+    let tenant: String = row.try_get("tenant_id")?;
+    let plan: String = row.try_get("plan")?;
+    let overrides: String = row.try_get("overrides")?;
+    let anchor: i64 = row.try_get("period_start")?;
+    let base = match plans.get(&plan) {
+        Some(l) => l.clone(),
+        None => {
+            let text: String = row.try_get("limits")?;
+            let l = codec::limits_from_json(&codec::parse_text("plan limits", &text)?)
+                .map_err(|e| crate::error::corrupt("plan limits", e))?;
+            plans.insert(plan.clone(), l.clone());
+            l
+        }
+    };
+    let limits = if overrides == "{}" {
+        base
+    } else {
+        let o = codec::overrides_from_json(&codec::parse_text("overrides", &overrides)?)
+            .map_err(|e| crate::error::corrupt("overrides", e))?;
+        derive_limits(&base, &o)
+    };
+    Ok((tenant, (plan, limits, anchor)))
 }
 
 /// API key `last_used_at` is written at most this often per key.
@@ -578,77 +612,40 @@ impl<'a> PlatformStore<'a> {
     }
 
     /// Every tenant with its plan, effective limits and routes, ordered by id: what the data
-    /// plane loads at start. Four queries whatever the number of tenants.
+    /// plane loads at start. See [`PlatformStore::load_each`], which it collects.
     pub async fn load_all(&self) -> Result<Vec<TenantState>, StoreError> {
+        let mut out = Vec::new();
+        self.load_each(|t| out.push(t)).await?;
+        Ok(out)
+    }
+
+    /// Hands every tenant, with its plan, effective limits and routes, to `each`, in id order,
+    /// from one consistent read. Tenants are read a thousand at a time (four queries a
+    /// page), so memory stays bounded whatever the number of tenants: the caller keeps only
+    /// what it builds from them. Returns the number of tenants handed over.
+    pub async fn load_each(&self, mut each: impl FnMut(TenantState)) -> Result<usize, StoreError> {
         let mut tx = self.read().await?;
-        let tenants = sqlx::query(concat!(
-            "SELECT ",
-            tenant_cols!(),
-            " FROM tenants ORDER BY id"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(sql::tenant_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let subs = sqlx::query(
-            "SELECT s.tenant_id, s.plan, s.overrides, s.period_start, p.limits \
-             FROM subscriptions s JOIN plans p ON p.name = s.plan",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut plans: HashMap<String, (String, PlanLimits, i64)> =
-            HashMap::with_capacity(subs.len());
-        let mut cache: HashMap<String, PlanLimits> = HashMap::new();
-        for row in &subs {
-            use sqlx::Row;
-            let tenant: String = row.try_get("tenant_id")?;
-            let plan: String = row.try_get("plan")?;
-            let overrides: String = row.try_get("overrides")?;
-            let anchor: i64 = row.try_get("period_start")?;
-            let base = match cache.get(&plan) {
-                Some(l) => l.clone(),
-                None => {
-                    let text: String = row.try_get("limits")?;
-                    let l = codec::limits_from_json(&codec::parse_text("plan limits", &text)?)
-                        .map_err(|e| crate::error::corrupt("plan limits", e))?;
-                    cache.insert(plan.clone(), l.clone());
-                    l
-                }
+        let mut count = 0;
+        each_stored(&mut tx, |row| {
+            let Some((plan, limits, billing_anchor_ms)) = row.subscription else {
+                tracing::warn!(tenant = %row.tenant.id, "tenant without a subscription: skipped");
+                return Ok(());
             };
-            let limits = if overrides == "{}" {
-                base
-            } else {
-                let o = codec::overrides_from_json(&codec::parse_text("overrides", &overrides)?)
-                    .map_err(|e| crate::error::corrupt("overrides", e))?;
-                derive_limits(&base, &o)
-            };
-            plans.insert(tenant, (plan, limits, anchor));
-        }
-        let mut routes = sql::fetch_all_routes(&mut tx).await?;
-        let mut policies = sql::fetch_all_docs(&mut tx, &sql::POLICY).await?;
-        let mut wafs = sql::fetch_all_docs(&mut tx, &sql::WAF).await?;
-        tx.commit().await?;
-        let mut out = Vec::with_capacity(tenants.len());
-        for tenant in tenants {
-            let Some((plan, limits, billing_anchor_ms)) = plans.remove(tenant.id.as_str()) else {
-                tracing::warn!(tenant = %tenant.id, "tenant without a subscription: skipped");
-                continue;
-            };
-            let routes = routes.remove(tenant.id.as_str()).unwrap_or_default();
-            let policy = policies.remove(tenant.id.as_str());
-            let waf = wafs.remove(tenant.id.as_str());
-            out.push(TenantState {
-                tenant,
+            each(TenantState {
+                tenant: row.tenant,
                 plan,
                 limits,
-                policy,
-                waf,
+                policy: row.policy,
+                waf: row.waf,
                 billing_anchor_ms,
-                routes,
+                routes: row.routes,
             });
-        }
-        Ok(out)
+            count += 1;
+            Ok(())
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(count)
     }
 
     /// One tenant as [`PlatformStore::load_all`] gives it.
@@ -674,192 +671,195 @@ impl<'a> PlatformStore<'a> {
         let actor = Actor::file();
         let now = now_ms();
         let mut tx = self.write().await?;
-        let mut changed = BTreeSet::new();
-        let mut listed = BTreeSet::new();
-        // Routes to write once every changed tenant's old routes are gone, so that a host may
-        // move from one file tenant to another in the same import.
-        let mut pending: Vec<(String, Vec<RouteSpec>)> = Vec::new();
-        // The current state in a few queries, not a few per tenant: with 100k file tenants
-        // an unchanged file costs five reads in all.
         let plan_names: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM plans")
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
-        let mut existing: HashMap<String, TenantRecord> =
-            sqlx::query(concat!("SELECT ", tenant_cols!(), " FROM tenants"))
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| sql::tenant_from_row(row).map(|t| (t.id.as_str().to_owned(), t)))
-                .collect::<Result<_, _>>()?;
-        let sub_plans: HashMap<String, String> =
-            sqlx::query_as::<_, (String, String)>("SELECT tenant_id, plan FROM subscriptions")
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-        let mut policies = sql::fetch_all_docs(&mut tx, &sql::POLICY).await?;
-        let mut wafs = sql::fetch_all_docs(&mut tx, &sql::WAF).await?;
-        let mut all_routes = sql::fetch_all_routes(&mut tx).await?;
         let require_plan = |p: &str| {
             if plan_names.contains(p) {
                 Ok(())
             } else {
-                Err(StoreError::NotFound {
-                    kind: "plan",
-                    id: p.to_owned(),
-                })
+                Err(not_found("plan", p))
             }
         };
-        for spec in tenants {
-            let id = TenantId::parse(&spec.id)
+        // The file first: ids, duplicates, plans.
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(tenants.len());
+        for (i, spec) in tenants.iter().enumerate() {
+            TenantId::parse(&spec.id)
                 .map_err(|e| StoreError::Invalid(format!("tenant id {:?}: {e}", spec.id)))?;
-            let t = id.as_str().to_owned();
-            if !listed.insert(t.clone()) {
-                return Err(StoreError::Invalid(format!("tenant {t:?} is listed twice")));
+            if index.insert(spec.id.as_str(), i).is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "tenant {:?} is listed twice",
+                    spec.id
+                )));
             }
-            let plan = spec.plan.as_deref();
-            if let Some(p) = plan {
+            if let Some(p) = &spec.plan {
                 require_plan(p)?;
             }
-            match existing.remove(&t) {
-                None => {
-                    let p = plan.unwrap_or("free");
+        }
+
+        // Then the store, a page at a time, compared with the file as it is read: only the
+        // differences are kept. Writes come after the read, in this order: single-row
+        // updates, the old routes and hosts of the tenants whose routes change (all of them
+        // first, so that a host may move from one file tenant to another), and then, a chunk
+        // of tenants at a time, new tenants, new routes and hosts, and the audit rows. Each
+        // tenant's audit rows keep the order of its changes.
+        let mut state = vec![Stored::New; tenants.len()];
+        let mut updates: Vec<Update> = Vec::new();
+        let mut cleared: Vec<String> = Vec::new();
+        let mut audits: Vec<sql::AuditRow> = Vec::new();
+        let mut changed = BTreeSet::new();
+        each_stored(&mut tx, |stored| {
+            let t = stored.tenant.id.as_str();
+            let Some(&i) = index.get(t) else {
+                if stored.tenant.managed_by == "file" {
+                    // A file tenant the file dropped: it stops serving (its routes and hosts
+                    // go); its users, keys and audit log stay, and the API manages it now.
+                    if !stored.routes.is_empty() {
+                        cleared.push(t.to_owned());
+                        audits.push(replace_audit(t, &stored.routes, &[]));
+                        changed.insert(stored.tenant.id.clone());
+                    }
+                    audits.push(managed_by_audit(&stored.tenant, "api"));
+                    updates.push(Update::ManagedBy(t.to_owned(), "api"));
+                }
+                return Ok(());
+            };
+            let spec = &tenants[i];
+            let id = &stored.tenant.id;
+            if stored.tenant.managed_by != "file" {
+                audits.push(managed_by_audit(&stored.tenant, "file"));
+                updates.push(Update::ManagedBy(t.to_owned(), "file"));
+            }
+            let current_plan = stored.subscription.as_ref().map(|s| s.0.as_str());
+            if let Some(p) = spec.plan.as_deref().filter(|p| Some(*p) != current_plan) {
+                // Its audit row needs the subscription as it was: written with the update.
+                updates.push(Update::Plan(t.to_owned(), p.to_owned(), audits.len()));
+                changed.insert(id.clone());
+            }
+            // The file's policy wins, like its routes (absent: unrestricted).
+            if stored.policy != spec.policy {
+                let text = sql::POLICY.encode(spec.policy.as_ref())?;
+                audits.push(sql::POLICY.audit(t, stored.policy.as_ref(), spec.policy.as_ref()));
+                updates.push(Update::Policy(t.to_owned(), text));
+                changed.insert(id.clone());
+            }
+            // So do its WAF settings (absent: the plan's level, blocking, no exclusions).
+            if stored.waf != spec.waf {
+                let text = sql::WAF.encode(spec.waf.as_ref())?;
+                audits.push(sql::WAF.audit(t, stored.waf.as_ref(), spec.waf.as_ref()));
+                updates.push(Update::Waf(t.to_owned(), text));
+                changed.insert(id.clone());
+            }
+            let wanted = sorted_routes(spec);
+            if !stored.routes.iter().eq(wanted.iter().copied()) {
+                cleared.push(t.to_owned());
+                audits.push(replace_audit(t, &stored.routes, &wanted));
+                changed.insert(id.clone());
+                state[i] = Stored::Replace;
+            } else {
+                state[i] = Stored::Kept;
+            }
+            Ok(())
+        })
+        .await?;
+
+        // Subscription audit rows go where their change was found.
+        let mut placed = 0;
+        for u in updates {
+            match u {
+                Update::ManagedBy(t, to) => {
+                    sqlx::query(
+                        "UPDATE tenants SET managed_by = $2, updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(&t)
+                    .bind(to)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Update::Plan(t, p, at) => {
+                    let sub = sql::require_subscription(&mut tx, &t).await?;
+                    sqlx::query(
+                        "UPDATE subscriptions SET plan = $2, updated_at = $3 WHERE tenant_id = $1",
+                    )
+                    .bind(&t)
+                    .bind(&p)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    let mut after = sub.json();
+                    after["plan"] = Value::from(p);
+                    let row = sql::AuditRow::new(
+                        &t,
+                        "subscription.update",
+                        Some(&sub.json()),
+                        Some(&after),
+                    );
+                    audits.insert(at + placed, row);
+                    placed += 1;
+                }
+                Update::Policy(t, text) => {
+                    sql::POLICY.store(&mut tx, &t, text.as_deref()).await?;
+                }
+                Update::Waf(t, text) => sql::WAF.store(&mut tx, &t, text.as_deref()).await?,
+            }
+        }
+        let cleared: Vec<&str> = cleared.iter().map(String::as_str).collect();
+        sql::clear_routes_of(&mut tx, &cleared).await?;
+        sql::write_audits(&mut tx, &actor, &audits).await?;
+        drop(audits);
+
+        // New tenants and new routes, a chunk at a time.
+        let todo: Vec<usize> = (0..tenants.len())
+            .filter(|&i| state[i] != Stored::Kept)
+            .collect();
+        for chunk in todo.chunks(WRITE_CHUNK) {
+            let mut new_tenants = Vec::new();
+            let mut routes: Vec<(&str, &RouteSpec)> = Vec::new();
+            let mut audits = Vec::new();
+            for &i in chunk {
+                let spec = &tenants[i];
+                let t = spec.id.as_str();
+                let wanted = sorted_routes(spec);
+                if state[i] == Stored::New {
+                    let p = spec.plan.as_deref().unwrap_or("free");
                     require_plan(p)?;
-                    sql::insert_tenant(&mut tx, &t, &t, p, "file", now).await?;
+                    let id = TenantId::parse(t)
+                        .map_err(|e| StoreError::Invalid(format!("tenant id {t:?}: {e}")))?;
                     let mut after = TenantRecord {
                         id: id.clone(),
-                        name: t.clone(),
+                        name: t.to_owned(),
                         status: TenantStatus::Active,
                         managed_by: "file".into(),
                         created_at: now,
                     }
                     .json();
                     after["plan"] = Value::from(p);
-                    sql::write_audit(
-                        &mut tx,
-                        &actor,
-                        Some(&t),
-                        "tenant.create",
-                        &t,
-                        None,
-                        Some(&after),
-                    )
-                    .await?;
-                    changed.insert(id.clone());
-                }
-                Some(before) => {
-                    if before.managed_by != "file" {
-                        set_managed_by(&mut tx, &actor, &before, "file", now).await?;
+                    audits.push(sql::AuditRow::new(t, "tenant.create", None, Some(&after)));
+                    if spec.policy.is_some() {
+                        audits.push(sql::POLICY.audit(t, None, spec.policy.as_ref()));
                     }
-                    let current_plan = sub_plans.get(&t).map(String::as_str);
-                    if let Some(p) = plan.filter(|p| Some(*p) != current_plan) {
-                        let sub = sql::require_subscription(&mut tx, &t).await?;
-                        sqlx::query(
-                            "UPDATE subscriptions SET plan = $2, updated_at = $3 WHERE tenant_id = $1",
-                        )
-                        .bind(&t)
-                        .bind(p)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        let mut after = sub.json();
-                        after["plan"] = Value::from(p);
-                        sql::write_audit(
-                            &mut tx,
-                            &actor,
-                            Some(&t),
-                            "subscription.update",
-                            &t,
-                            Some(&sub.json()),
-                            Some(&after),
-                        )
-                        .await?;
-                        changed.insert(id.clone());
+                    if spec.waf.is_some() {
+                        audits.push(sql::WAF.audit(t, None, spec.waf.as_ref()));
                     }
+                    if !wanted.is_empty() {
+                        audits.push(replace_audit::<RouteSpec>(t, &[], &wanted));
+                    }
+                    new_tenants.push(sql::NewTenantRow {
+                        id: t,
+                        plan: p,
+                        policy: sql::POLICY.encode(spec.policy.as_ref())?,
+                        waf: sql::WAF.encode(spec.waf.as_ref())?,
+                    });
+                    changed.insert(id);
                 }
+                routes.extend(wanted.into_iter().map(|r| (t, r)));
             }
-            // The file's policy wins, like its routes (absent: unrestricted).
-            let policy = policies.remove(&t);
-            if policy != spec.policy {
-                let (before, after) = (policy.as_ref(), spec.policy.as_ref());
-                sql::write_doc(&mut tx, &sql::POLICY, &actor, &t, before, after).await?;
-                changed.insert(id.clone());
-            }
-            // So do its WAF settings (absent: the plan's level, blocking, no exclusions).
-            let waf = wafs.remove(&t);
-            if waf != spec.waf {
-                let (before, after) = (waf.as_ref(), spec.waf.as_ref());
-                sql::write_doc(&mut tx, &sql::WAF, &actor, &t, before, after).await?;
-                changed.insert(id.clone());
-            }
-            let mut wanted = spec.routes.clone();
-            wanted.sort_by(|a, b| a.id.cmp(&b.id));
-            let current = all_routes.remove(&t).unwrap_or_default();
-            if current != wanted {
-                sqlx::query("DELETE FROM routes WHERE tenant_id = $1")
-                    .bind(&t)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM domains WHERE tenant_id = $1")
-                    .bind(&t)
-                    .execute(&mut *tx)
-                    .await?;
-                sql::write_audit(
-                    &mut tx,
-                    &actor,
-                    Some(&t),
-                    "routes.replace",
-                    &t,
-                    Some(&Value::Array(current.iter().map(sql::route_json).collect())),
-                    Some(&Value::Array(wanted.iter().map(sql::route_json).collect())),
-                )
-                .await?;
-                changed.insert(id.clone());
-                pending.push((t, wanted));
-            }
-        }
-        for (t, routes) in &pending {
-            for r in routes {
-                sql::insert_route(&mut tx, t, r, now).await?;
-            }
-            sql::sync_domains(&mut tx, t).await?;
-        }
-        // File tenants the file dropped: handed back to the API, data kept. (`existing` now
-        // holds the tenants the file did not list.)
-        let mut file_managed: Vec<TenantRecord> = existing
-            .into_values()
-            .filter(|t| t.managed_by == "file")
-            .collect();
-        file_managed.sort_by(|a, b| a.id.cmp(&b.id));
-        for t in &file_managed {
-            // The file no longer routes it: it stops serving (its routes and hosts go), and
-            // its users, keys and audit log stay with the tenant, now managed by the API.
-            let id = t.id.as_str();
-            let current = all_routes.remove(id).unwrap_or_default();
-            if !current.is_empty() {
-                sqlx::query("DELETE FROM routes WHERE tenant_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM domains WHERE tenant_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sql::write_audit(
-                    &mut tx,
-                    &actor,
-                    Some(id),
-                    "routes.replace",
-                    id,
-                    Some(&Value::Array(current.iter().map(sql::route_json).collect())),
-                    Some(&Value::Array(Vec::new())),
-                )
-                .await?;
-                changed.insert(t.id.clone());
-            }
-            set_managed_by(&mut tx, &actor, t, "api", now).await?;
+            sql::insert_tenants(&mut tx, &new_tenants, "file", now).await?;
+            sql::insert_routes_of(&mut tx, &routes, now).await?;
+            sql::write_audits(&mut tx, &actor, &audits).await?;
         }
         tx.commit().await?;
         Ok(changed.into_iter().collect())
@@ -879,34 +879,132 @@ impl<'a> PlatformStore<'a> {
     }
 }
 
-async fn set_managed_by(
-    conn: &mut AnyConnection,
-    actor: &Actor,
-    before: &TenantRecord,
-    managed_by: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    let t = before.id.as_str();
-    sqlx::query("UPDATE tenants SET managed_by = $2, updated_at = $3 WHERE id = $1")
-        .bind(t)
-        .bind(managed_by)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+/// Tenants written per round of batched statements by [`PlatformStore::import_file_tenants`].
+const WRITE_CHUNK: usize = 2_000;
+
+/// What the store holds of a file tenant, found while reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Nothing: the tenant is created.
+    New,
+    /// The tenant, with other routes: they are replaced.
+    Replace,
+    /// The tenant with the file's routes.
+    Kept,
+}
+
+/// A single-row write found while reading the store.
+enum Update {
+    /// Tenant, new manager.
+    ManagedBy(String, &'static str),
+    /// Tenant, new plan, where its audit row goes among the others.
+    Plan(String, String, usize),
+    /// Tenant, policy column.
+    Policy(String, Option<String>),
+    /// Tenant, WAF column.
+    Waf(String, Option<String>),
+}
+
+/// A tenant's routes as the store keeps them: ordered by id.
+fn sorted_routes(spec: &TenantSpec) -> Vec<&RouteSpec> {
+    let mut routes: Vec<&RouteSpec> = spec.routes.iter().collect();
+    routes.sort_by(|a, b| a.id.cmp(&b.id));
+    routes
+}
+
+/// The audit row of a tenant's routes being replaced.
+fn replace_audit<R: std::borrow::Borrow<RouteSpec>>(
+    tenant: &str,
+    before: &[R],
+    after: &[&RouteSpec],
+) -> sql::AuditRow {
+    let json = |routes: &mut dyn Iterator<Item = &RouteSpec>| {
+        Value::Array(routes.map(sql::route_json).collect())
+    };
+    sql::AuditRow::new(
+        tenant,
+        "routes.replace",
+        Some(&json(&mut before.iter().map(std::borrow::Borrow::borrow))),
+        Some(&json(&mut after.iter().copied())),
+    )
+}
+
+/// The audit row of a tenant changing manager.
+fn managed_by_audit(before: &TenantRecord, managed_by: &str) -> sql::AuditRow {
     let after = TenantRecord {
         managed_by: managed_by.to_owned(),
         ..before.clone()
     };
-    sql::write_audit(
-        conn,
-        actor,
-        Some(t),
+    sql::AuditRow::new(
+        before.id.as_str(),
         "tenant.update",
-        t,
         Some(&before.json()),
         Some(&after.json()),
     )
-    .await
+}
+
+/// A stored tenant as [`each_stored`] reads it.
+struct StoredTenant {
+    tenant: TenantRecord,
+    /// Plan, effective limits and billing anchor (`None`: no subscription row).
+    subscription: Option<(String, PlanLimits, i64)>,
+    policy: Option<PolicySpec>,
+    waf: Option<TenantWafSpec>,
+    /// Ordered by id.
+    routes: Vec<RouteSpec>,
+}
+
+/// Hands every stored tenant to `each`, in id order, [`LOAD_PAGE`] at a time (four queries a
+/// page): memory stays bounded whatever the number of tenants. Stops at `each`'s first error.
+async fn each_stored(
+    conn: &mut AnyConnection,
+    mut each: impl FnMut(StoredTenant) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    use sqlx::Row;
+    let mut plans: HashMap<String, PlanLimits> = HashMap::new();
+    let mut after = String::new();
+    loop {
+        let page = sqlx::query(concat!(
+            "SELECT ",
+            tenant_cols!(),
+            ", policy, waf FROM tenants WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(&after)
+        .bind(LOAD_PAGE)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        let upto: String = last.try_get("id")?;
+        let subs = sqlx::query(
+            "SELECT s.tenant_id, s.plan, s.overrides, s.period_start, p.limits \
+             FROM subscriptions s JOIN plans p ON p.name = s.plan \
+             WHERE s.tenant_id > $1 AND s.tenant_id <= $2",
+        )
+        .bind(&after)
+        .bind(&upto)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut subs = subs
+            .iter()
+            .map(|row| subscription_limits(row, &mut plans))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let mut routes = sql::fetch_routes_of(conn, &after, &upto).await?;
+        for row in &page {
+            let tenant = sql::tenant_from_row(row)?;
+            let id = tenant.id.as_str();
+            each(StoredTenant {
+                subscription: subs.remove(id),
+                policy: sql::POLICY
+                    .decode(row.try_get::<Option<String>, _>("policy")?.as_deref())?,
+                waf: sql::WAF.decode(row.try_get::<Option<String>, _>("waf")?.as_deref())?,
+                routes: routes.remove(id).unwrap_or_default(),
+                tenant,
+            })?;
+        }
+        after = upto;
+    }
 }
 
 async fn load_one(conn: &mut AnyConnection, id: &str) -> Result<Option<TenantState>, StoreError> {

@@ -259,6 +259,13 @@ pub(crate) const WAF: TenantDoc<TenantWafSpec> = TenantDoc {
     doc: PhantomData,
 };
 
+impl<T: DeserializeOwned> TenantDoc<T> {
+    /// The document held in the column's text (`None`: the column is empty).
+    pub(crate) fn decode(&self, text: Option<&str>) -> Result<Option<T>, StoreError> {
+        text.map(|s| codec::from_text(self.label, s)).transpose()
+    }
+}
+
 /// The tenant's stored document (`None`: the column is empty).
 pub(crate) async fn fetch_doc<T: DeserializeOwned>(
     conn: &mut AnyConnection,
@@ -275,6 +282,35 @@ pub(crate) async fn fetch_doc<T: DeserializeOwned>(
         .transpose()
 }
 
+impl<T: Serialize> TenantDoc<T> {
+    /// The column's text for a document.
+    pub(crate) fn encode(&self, v: Option<&T>) -> Result<Option<String>, StoreError> {
+        v.map(codec::to_text).transpose()
+    }
+
+    /// Writes the column (no audit).
+    pub(crate) async fn store(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        text: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let sql = format!("UPDATE tenants SET {} = $2 WHERE id = $1", self.column);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(text)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The audit row of a change.
+    pub(crate) fn audit(&self, tenant: &str, before: Option<&T>, after: Option<&T>) -> AuditRow {
+        let json = |v: Option<&T>| serde_json::to_value(v).unwrap_or(Value::Null);
+        AuditRow::new(tenant, self.action, Some(&json(before)), Some(&json(after)))
+    }
+}
+
 /// Replaces a tenant's stored document and records the change (`doc.action`).
 pub(crate) async fn write_doc<T: Serialize>(
     conn: &mut AnyConnection,
@@ -284,41 +320,9 @@ pub(crate) async fn write_doc<T: Serialize>(
     before: Option<&T>,
     after: Option<&T>,
 ) -> Result<(), StoreError> {
-    let text = after.map(codec::to_text).transpose()?;
-    let sql = format!("UPDATE tenants SET {} = $2 WHERE id = $1", doc.column);
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(text)
-        .execute(&mut *conn)
+    doc.store(conn, tenant, doc.encode(after)?.as_deref())
         .await?;
-    let json = |v: Option<&T>| serde_json::to_value(v).unwrap_or(Value::Null);
-    write_audit(
-        conn,
-        actor,
-        Some(tenant),
-        doc.action,
-        tenant,
-        Some(&json(before)),
-        Some(&json(after)),
-    )
-    .await
-}
-
-/// Every tenant's stored document, keyed by tenant id.
-pub(crate) async fn fetch_all_docs<T: DeserializeOwned>(
-    conn: &mut AnyConnection,
-    doc: &TenantDoc<T>,
-) -> Result<HashMap<String, T>, StoreError> {
-    let sql = format!(
-        "SELECT id, {c} FROM tenants WHERE {c} IS NOT NULL",
-        c = doc.column
-    );
-    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.into_iter()
-        .map(|(id, text)| Ok((id, codec::from_text(doc.label, &text)?)))
-        .collect()
+    write_audits(conn, actor, &[doc.audit(tenant, before, after)]).await
 }
 
 /// Touches the tenant's row: takes SQLite's write lock (already held under `BEGIN IMMEDIATE`)
@@ -684,30 +688,40 @@ pub(crate) async fn fetch_routes(
         .collect())
 }
 
-/// Every tenant's routes, keyed by tenant id (two queries in all).
-pub(crate) async fn fetch_all_routes(
+/// The routes of the tenants whose id is in `(after, upto]`, keyed by tenant id (two queries
+/// in all).
+pub(crate) async fn fetch_routes_of(
     conn: &mut AnyConnection,
+    after: &str,
+    upto: &str,
 ) -> Result<HashMap<String, Vec<RouteSpec>>, StoreError> {
     let routes = sqlx::query(concat!(
         "SELECT ",
         route_cols!(),
-        " FROM routes ORDER BY tenant_id, id"
+        " FROM routes WHERE tenant_id > $1 AND tenant_id <= $2 ORDER BY tenant_id, id"
     ))
+    .bind(after)
+    .bind(upto)
     .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(route_from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    .await?;
     let backends = sqlx::query(concat!(
         "SELECT ",
         backend_cols!(),
-        " FROM backends ORDER BY tenant_id, route_id, position"
+        " FROM backends WHERE tenant_id > $1 AND tenant_id <= $2 \
+         ORDER BY tenant_id, route_id, position"
     ))
+    .bind(after)
+    .bind(upto)
     .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(backend_from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    .await?;
+    let routes = routes
+        .iter()
+        .map(route_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let backends = backends
+        .iter()
+        .map(backend_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out: HashMap<String, Vec<RouteSpec>> = HashMap::new();
     for (t, r) in assemble_routes(routes, backends) {
         out.entry(t).or_default().push(r);
@@ -1016,4 +1030,383 @@ pub(crate) async fn export(conn: &mut AnyConnection, tenant: &str) -> Result<Val
         "routes": routes.iter().map(route_json).collect::<Vec<_>>(),
         "audit": audit.iter().map(AuditEntry::json).collect::<Vec<_>>(),
     }))
+}
+
+// ---- batches ------------------------------------------------------------------------------
+// Large imports (a file with 100k tenants) write thousands of rows per statement instead of
+// one statement per row: one round trip to the database per batch, not per row.
+
+/// Bound parameters per multi-row statement: well under SQLite's 32,766 and PostgreSQL's
+/// 65,535.
+const BATCH_PARAMS: usize = 8_000;
+
+/// A value of a batched statement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    /// Text.
+    Text(&'a str),
+    /// Text or NULL.
+    OptText(Option<&'a str>),
+    /// An integer.
+    Int(i64),
+    /// An integer or NULL.
+    OptInt(Option<i64>),
+}
+
+/// Runs `{head} VALUES (..), (..) {tail}` over `values` (`cols` values per row) in as few
+/// statements as [`BATCH_PARAMS`] allows. Returns the number of rows the statements changed.
+pub(crate) async fn insert_batch(
+    conn: &mut AnyConnection,
+    head: &str,
+    tail: &str,
+    cols: usize,
+    values: &[Bind<'_>],
+) -> Result<u64, sqlx::Error> {
+    debug_assert!(cols > 0 && values.len().is_multiple_of(cols));
+    let anonymous = anonymous_placeholders(conn);
+    let mut changed = 0;
+    let per_statement = (BATCH_PARAMS / cols).max(1) * cols;
+    for chunk in values.chunks(per_statement) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + 16 + chunk.len() * 7);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        for i in 0..chunk.len() {
+            let first = i % cols == 0;
+            match (first, i) {
+                (true, 0) => sql.push('('),
+                (true, _) => sql.push_str("),("),
+                (false, _) => sql.push(','),
+            }
+            push_placeholder(&mut sql, anonymous, i);
+        }
+        sql.push(')');
+        sql.push_str(tail);
+        changed += bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    }
+    Ok(changed)
+}
+
+/// Runs `{head} IN ($1, ..) {tail}` over `values`, in as few statements as
+/// [`BATCH_PARAMS`] allows; `fetch` rows are collected. For deletes and lookups by key.
+pub(crate) async fn fetch_in(
+    conn: &mut AnyConnection,
+    head: &str,
+    tail: &str,
+    values: &[Bind<'_>],
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let anonymous = anonymous_placeholders(conn);
+    let mut rows = Vec::new();
+    for chunk in values.chunks(BATCH_PARAMS) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + 8 + chunk.len() * 7);
+        sql.push_str(head);
+        sql.push_str(" IN (");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            push_placeholder(&mut sql, anonymous, i);
+        }
+        sql.push(')');
+        sql.push_str(tail);
+        rows.extend(
+            bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+                .persistent(false)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(rows)
+}
+
+/// SQLite takes `?` (the values in order). With numbered `$N` placeholders, binding costs
+/// SQLite a scan of the statement's parameter names per value: quadratic in a batch of
+/// thousands. PostgreSQL takes only `$N`.
+fn anonymous_placeholders(conn: &AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("sqlite")
+}
+
+fn push_placeholder(sql: &mut String, anonymous: bool, i: usize) {
+    if anonymous {
+        sql.push('?');
+    } else {
+        sql.push('$');
+        sql.push_str(&(i + 1).to_string());
+    }
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    values: &[Bind<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for v in values {
+        q = match *v {
+            Bind::Text(s) => q.bind(s),
+            Bind::OptText(s) => q.bind(s),
+            Bind::Int(n) => q.bind(n),
+            Bind::OptInt(n) => q.bind(n),
+        };
+    }
+    q
+}
+
+/// An audit row of a batch: actor and time are the batch's, the target is the tenant.
+#[derive(Debug)]
+pub(crate) struct AuditRow {
+    /// The tenant (and target).
+    pub tenant: String,
+    /// What happened.
+    pub action: &'static str,
+    /// JSON before.
+    pub before: Option<String>,
+    /// JSON after.
+    pub after: Option<String>,
+}
+
+impl AuditRow {
+    /// A row from JSON values.
+    pub(crate) fn new(
+        tenant: &str,
+        action: &'static str,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            action,
+            before: before.map(Value::to_string),
+            after: after.map(Value::to_string),
+        }
+    }
+}
+
+/// Appends the audit rows, in order (in the caller's transaction).
+pub(crate) async fn write_audits(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    rows: &[AuditRow],
+) -> Result<(), StoreError> {
+    let at = now_ms();
+    let mut values = Vec::with_capacity(rows.len() * 8);
+    for r in rows {
+        values.extend([
+            Bind::Text(&actor.id),
+            Bind::Text(&r.tenant),
+            Bind::Text(r.action),
+            Bind::Text(&r.tenant),
+            Bind::OptText(r.before.as_deref()),
+            Bind::OptText(r.after.as_deref()),
+            Bind::OptText(actor.ip.as_deref()),
+            Bind::Int(at),
+        ]);
+    }
+    insert_batch(
+        conn,
+        "INSERT INTO audit_log (actor, tenant_id, action, target, before, after, ip, at)",
+        "",
+        8,
+        &values,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A tenant to create in a batch.
+#[derive(Debug)]
+pub(crate) struct NewTenantRow<'a> {
+    /// Id, also its name.
+    pub id: &'a str,
+    /// Plan.
+    pub plan: &'a str,
+    /// `policy` column (JSON text).
+    pub policy: Option<String>,
+    /// `waf` column (JSON text).
+    pub waf: Option<String>,
+}
+
+/// Creates the tenants (active, `managed_by`) and their subscriptions.
+pub(crate) async fn insert_tenants(
+    conn: &mut AnyConnection,
+    rows: &[NewTenantRow<'_>],
+    managed_by: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(rows.len() * 8);
+    for r in rows {
+        values.extend([
+            Bind::Text(r.id),
+            Bind::Text(r.id),
+            Bind::Text("active"),
+            Bind::Text(managed_by),
+            Bind::Int(now),
+            Bind::Int(now),
+            Bind::OptText(r.policy.as_deref()),
+            Bind::OptText(r.waf.as_deref()),
+        ]);
+    }
+    insert_batch(
+        conn,
+        "INSERT INTO tenants (id, name, status, managed_by, created_at, updated_at, policy, waf)",
+        "",
+        8,
+        &values,
+    )
+    .await
+    .map_err(conflict_on_unique(
+        "tenant",
+        rows.first().map_or("", |r| r.id),
+    ))?;
+    values.clear();
+    for r in rows {
+        values.extend([
+            Bind::Text(r.id),
+            Bind::Text(r.plan),
+            Bind::Text("active"),
+            Bind::Int(now),
+            Bind::Int(now + PERIOD_MS),
+            Bind::Text("{}"),
+            Bind::Int(now),
+        ]);
+    }
+    insert_batch(
+        conn,
+        "INSERT INTO subscriptions (tenant_id, plan, status, period_start, period_end, \
+         overrides, updated_at)",
+        "",
+        7,
+        &values,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts the tenants' routes with their backends, and claims their hosts in the registry
+/// (`Conflict { kind: "host" }` if another tenant holds one). The tenants must hold no routes
+/// and no hosts (new, or cleared first).
+pub(crate) async fn insert_routes_of(
+    conn: &mut AnyConnection,
+    routes: &[(&str, &RouteSpec)],
+    now: i64,
+) -> Result<(), StoreError> {
+    // Hosts first: a host another tenant holds fails the import before any route is written.
+    let mut hosts: Vec<(String, &str)> = routes
+        .iter()
+        .map(|(t, r)| (r.host.to_ascii_lowercase(), *t))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let values: Vec<Bind<'_>> = hosts
+        .iter()
+        .flat_map(|(h, t)| [Bind::Text(h), Bind::Text(t)])
+        .collect();
+    let claimed = insert_batch(
+        conn,
+        "INSERT INTO domains (host, tenant_id)",
+        " ON CONFLICT (host) DO NOTHING",
+        2,
+        &values,
+    )
+    .await?;
+    if claimed != hosts.len() as u64 {
+        let keys: Vec<Bind<'_>> = hosts.iter().map(|(h, _)| Bind::Text(h)).collect();
+        let owners: HashMap<String, String> = fetch_in(
+            conn,
+            "SELECT host, tenant_id FROM domains WHERE host",
+            "",
+            &keys,
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("host")?, row.try_get("tenant_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let taken = hosts
+            .iter()
+            .find(|(h, t)| owners.get(h).map(String::as_str) != Some(*t));
+        return Err(StoreError::Conflict {
+            kind: "host",
+            id: taken.map_or_else(String::new, |(h, _)| h.clone()),
+        });
+    }
+    let docs = routes
+        .iter()
+        .map(|(_, r)| {
+            Ok([
+                optional_json(r.tls.as_deref())?,
+                optional_json(r.health_check.as_deref())?,
+                optional_json(r.ratelimit.as_ref())?,
+                optional_json(r.waf.as_ref())?,
+            ])
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut values = Vec::with_capacity(routes.len() * 12);
+    for ((t, r), [tls, hc, rl, waf]) in routes.iter().zip(&docs) {
+        values.extend([
+            Bind::Text(t),
+            Bind::Text(&r.id),
+            Bind::Text(&r.host),
+            Bind::OptText(r.path_prefix.as_deref()),
+            Bind::OptText(r.algorithm.as_deref()),
+            Bind::OptText(tls.as_deref()),
+            Bind::OptText(hc.as_deref()),
+            Bind::Int(now),
+            Bind::Int(now),
+            Bind::OptText(r.kind.as_deref()),
+            Bind::OptText(rl.as_deref()),
+            Bind::OptText(waf.as_deref()),
+        ]);
+    }
+    insert_batch(
+        conn,
+        "INSERT INTO routes (tenant_id, id, host, path_prefix, algorithm, tls, health_check, \
+         created_at, updated_at, kind, ratelimit, waf)",
+        "",
+        12,
+        &values,
+    )
+    .await
+    .map_err(conflict_on_unique(
+        "route",
+        routes.first().map_or("", |(t, _)| *t),
+    ))?;
+    values.clear();
+    for (t, r) in routes {
+        for (i, b) in r.backends.iter().enumerate() {
+            values.extend([
+                Bind::Text(t),
+                Bind::Text(&r.id),
+                Bind::Int(i64::try_from(i).unwrap_or(i64::MAX)),
+                Bind::Text(&b.address),
+                Bind::OptInt(b.weight.map(i64::from)),
+                Bind::OptText(b.state.as_deref()),
+            ]);
+        }
+    }
+    insert_batch(
+        conn,
+        "INSERT INTO backends (tenant_id, route_id, position, address, weight, state)",
+        "",
+        6,
+        &values,
+    )
+    .await
+    .map_err(conflict_on_unique(
+        "backend",
+        routes.first().map_or("", |(t, _)| *t),
+    ))?;
+    Ok(())
+}
+
+/// Deletes the tenants' routes (and so their backends) and their hosts.
+pub(crate) async fn clear_routes_of(
+    conn: &mut AnyConnection,
+    tenants: &[&str],
+) -> Result<(), StoreError> {
+    let keys: Vec<Bind<'_>> = tenants.iter().map(|t| Bind::Text(t)).collect();
+    fetch_in(conn, "DELETE FROM backends WHERE tenant_id", "", &keys).await?;
+    fetch_in(conn, "DELETE FROM routes WHERE tenant_id", "", &keys).await?;
+    fetch_in(conn, "DELETE FROM domains WHERE tenant_id", "", &keys).await?;
+    Ok(())
 }

@@ -49,10 +49,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The file's tenants with certificate paths made absolute (the store outlives the file's
-/// folder as a base).
-pub fn file_tenants(spec: &GatewaySpec, base: &Path) -> Vec<TenantSpec> {
-    let mut tenants = spec.tenants.clone();
+/// The file's tenants (taken out of the spec, not copied: a large file's are most of its
+/// memory) with certificate paths made absolute (the store outlives the file's folder as a
+/// base).
+pub fn file_tenants(spec: &mut GatewaySpec, base: &Path) -> Vec<TenantSpec> {
+    let mut tenants = std::mem::take(&mut spec.tenants);
     for t in &mut tenants {
         for r in &mut t.routes {
             if let Some(tls) = &mut r.tls {
@@ -160,13 +161,18 @@ impl ConfigSource for StoreSource {
             let text = tokio::fs::read_to_string(&path)
                 .await
                 .map_err(|e| ReloadError::Build(format!("cannot read {}: {e}", path.display())))?;
-            let spec = tenantry_config::parse_yaml(&text).map_err(ReloadError::Invalid)?;
-            tenantry_config::validate(&spec, &base).map_err(ReloadError::Invalid)?;
+            let mut spec = tenantry_config::parse_yaml(&text).map_err(ReloadError::Invalid)?;
+            drop(text);
+            // Validation's own snapshot is not kept: the store's is what gets served.
+            drop(tenantry_config::validate(&spec, &base).map_err(ReloadError::Invalid)?);
+            let tenants = file_tenants(&mut spec, &base);
+            drop(spec);
             let changed = store
                 .platform()
-                .import_file_tenants(&file_tenants(&spec, &base))
+                .import_file_tenants(&tenants)
                 .await
                 .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
+            drop(tenants);
             let snapshot = tenantry_control::load_snapshot(&store, &base)
                 .await
                 .map_err(|e| ReloadError::Build(format!("store: {e}")))?;

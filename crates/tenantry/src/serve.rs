@@ -190,7 +190,7 @@ pub fn migrate(args: StoreArgs) -> ExitCode {
 async fn serve(
     args: ServeArgs,
     path: PathBuf,
-    spec: GatewaySpec,
+    mut spec: GatewaySpec,
     mut config: GatewayConfig,
     demo: bool,
 ) -> Result<()> {
@@ -215,17 +215,21 @@ async fn serve(
     }
 
     // The control plane: the store is what the proxy serves; the file's tenants are imported
-    // into it first (the file wins for the tenants it lists).
+    // into it first (the file wins for the tenants it lists). The file's validated snapshot
+    // is not kept meanwhile: with many tenants, holding both would double the peak.
+    config.snapshot = tenantry_domain::Snapshot::new();
     let base = control::base_dir(&path);
     let store = tokio::time::timeout(control::STORE_TIMEOUT, control::open_store(&args.store))
         .await
         .context("the store did not answer in time")??;
+    let tenants = control::file_tenants(&mut spec, &base);
+    drop(spec);
     store
         .platform()
-        .import_file_tenants(&control::file_tenants(&spec, &base))
+        .import_file_tenants(&tenants)
         .await
         .context("cannot import the file's tenants into the store")?;
-    drop(spec);
+    drop(tenants);
     control::bootstrap_admin(&store).await?;
     config.snapshot = tenantry_control::load_snapshot(&store, &base)
         .await

@@ -217,3 +217,70 @@ store_test!(
         assert_eq!(db.store.tenant(&tid("beta")).list_routes().await.unwrap()[0].host, "move.example.com");
     }
 );
+
+store_test!(
+    async fn large_import_is_batched_and_loaded_page_by_page(db) {
+        // More tenants than one load page (1000) and more rows than one batched statement.
+        let p = db.store.platform();
+        let n = 2_500;
+        let many = |port: u16| -> Vec<TenantSpec> {
+            (0..n)
+                .map(|i| {
+                    let mut t = spec(
+                        &format!("t{i:05}"),
+                        (i % 3 == 0).then_some("pro"),
+                        vec![route("web", &format!("t{i}.example.com"), &["10.0.0.2:80", "10.0.0.1:80"])],
+                    );
+                    if i % 2 == 1 {
+                        t.routes[0].backends[1].address = format!("10.0.0.1:{port}");
+                    }
+                    if i % 7 == 0 {
+                        t.waf = Some(tenantry_config::TenantWafSpec { level: Some("off".into()), mode: None, exclusions: None });
+                    }
+                    t
+                })
+                .collect()
+        };
+        let file = many(80);
+        assert_eq!(p.import_file_tenants(&file).await.unwrap().len(), n);
+        let mut seen = Vec::new();
+        let count = p.load_each(|t| seen.push(t)).await.unwrap();
+        assert_eq!((count, seen.len()), (n, n));
+        assert!(seen.windows(2).all(|w| w[0].tenant.id < w[1].tenant.id), "in id order");
+        for (i, t) in seen.iter().enumerate() {
+            assert_eq!(t.tenant.id.as_str(), file[i].id);
+            assert_eq!(t.plan, if i % 3 == 0 { "pro" } else { "free" });
+            assert_eq!(t.routes, file[i].routes, "routes and backend order of {}", file[i].id);
+            assert_eq!(t.waf, file[i].waf);
+        }
+        let audit = db.store.tenant(&tid("t00007")).audit(10, None).await.unwrap();
+        let actions: Vec<&str> = audit.iter().rev().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["tenant.create", "tenant.waf_updated", "routes.replace"]);
+
+        // Half the tenants change a backend: exactly those are reported and rewritten.
+        let file2 = many(81);
+        let changed = p.import_file_tenants(&file2).await.unwrap();
+        assert_eq!(changed.len(), n / 2);
+        assert!(changed.iter().all(|t| t.as_str()[1..].parse::<usize>().unwrap() % 2 == 1));
+        let t1 = p.load_tenant(&tid("t00001")).await.unwrap().unwrap();
+        assert_eq!(t1.routes[0].backends[1].address, "10.0.0.1:81");
+        assert!(p.import_file_tenants(&file2).await.unwrap().is_empty());
+
+        // A host held by an API tenant fails the whole import, even at the end of a batch.
+        let api = tid("shop");
+        p.create_tenant(&admin(), NewTenant { id: api.clone(), name: "Shop".into(), plan: "free".into() }, None)
+            .await
+            .unwrap();
+        db.store.tenant(&api).create_route(&admin(), &route("web", "shop.example.com", &["10.0.0.1:80"])).await.unwrap();
+        let mut file3 = many(82);
+        file3.push(spec("zz-last", None, vec![route("web", "Shop.Example.com", &["10.0.0.1:80"])]));
+        let r = p.import_file_tenants(&file3).await;
+        assert!(
+            matches!(&r, Err(StoreError::Conflict { kind: "host", id }) if id == "shop.example.com"),
+            "{r:?}"
+        );
+        assert!(p.get_tenant(&tid("zz-last")).await.unwrap().is_none(), "nothing of a failed import remains");
+        let t1 = p.load_tenant(&tid("t00001")).await.unwrap().unwrap();
+        assert_eq!(t1.routes[0].backends[1].address, "10.0.0.1:81");
+    }
+);
