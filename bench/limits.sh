@@ -81,8 +81,6 @@ BACKEND=${BACKEND:-auto}
 BACKEND_PORT1=${BACKEND_PORT1:-18001}
 BACKEND_PORT2=${BACKEND_PORT2:-18002}
 PORT_BASE=${PORT_BASE:-28380}
-ADMIN_EMAIL=admin@bench.test
-ADMIN_PASSWORD=bench-only-password # throw-away: a fresh store per gateway, admin on 127.0.0.1
 TAG=lb$$                           # tenant id prefix: Redis keys are named after tenants
 NON2XX_MAX_PCT=0.1
 
@@ -195,42 +193,7 @@ curl_code() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $host" "$@" "$url" 2>/dev/null || true
 }
 
-# api METHOD ADMIN_PORT PATH BODY WANT_CODE [TOKEN]: the response body goes to API_BODY; dies
-# unless the status is WANT_CODE
-API_BODY=
-api() {
-    local method=$1 port=$2 path=$3 body=$4 want=$5 token=${6:-} resp code
-    local -a auth=()
-    if [[ -n $token ]]; then
-        auth=(-H "Authorization: Bearer $token")
-        # shellcheck disable=SC2016 # printed as is: the token is not shown
-        show_cmd curl -s -X "$method" -H 'Authorization: Bearer $TOKEN' -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    else
-        show_cmd curl -s -X "$method" -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    fi
-    resp=$(curl -s -w '|%{http_code}' --max-time 10 -X "$method" "${auth[@]}" -H 'Content-Type: application/json' \
-        -d "$body" "http://127.0.0.1:$port$path") || resp="|000"
-    code=${resp##*|}
-    API_BODY=${resp%|*}
-    [[ $code == "$want" ]] || die "$method $path answered $code, expected $want: $API_BODY"
-}
-
-UNLIMITED_LIMITS='{"max_users":null,"max_routes":null,"max_backends_per_route":null,"max_domains":null,"max_workers":null,"requests_per_minute":null,"burst":null,"tokens_per_minute":null,"bandwidth_gb_month":null,"waf_level":"off","dedicated_allowed":false,"on_quota":"log"}'
-
-# set_unlimited ADMIN_PORT TENANT...: creates plan "unlimited" (every limit null) and moves the
-# tenants to it (file tenants without a `plan:` key keep it; the change applies at once)
-set_unlimited() {
-    local port=$1 token t
-    shift
-    api POST "$port" /api/auth/login "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" 200
-    token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$API_BODY")
-    [[ -n $token ]] || die "login answered no access_token: $API_BODY"
-    api POST "$port" /api/plans "{\"name\":\"unlimited\",\"limits\":$UNLIMITED_LIMITS}" 201 "$token"
-    for t in "$@"; do
-        api PUT "$port" "/api/tenants/$t/subscription" '{"plan":"unlimited"}' 200 "$token"
-        [[ $API_BODY == *'"plan":"unlimited"'* ]] || die "subscription of $t not changed: $API_BODY"
-    done
-}
+# (api and set_unlimited are in lib.sh)
 
 # start_gateway NAME PIN(cpu|"") REDIS(0|1): starts tenantry with $OUT/NAME/tenantry.yaml and a
 # fresh data dir; sets GW_PID

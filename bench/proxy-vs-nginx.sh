@@ -322,44 +322,12 @@ start_proxy() {
     wait_http "http://127.0.0.1:$port/" "$HOST_HEADER" "$PROXY_PID" "$dir/stderr.log" 60 ||
         die "$name did not come up"
     if [[ $name == tenantry* ]]; then
-        tenantry_limits_off $((port + 10)) acme
+        set_unlimited $((port + 10)) acme
     fi
 }
 
 # ---- tenantry: limits off through the admin API ------------------------------------------
-ADMIN_EMAIL=admin@bench.test
-ADMIN_PASSWORD=bench-only-password # throw-away: fresh store per start, admin on 127.0.0.1 only
-UNLIMITED_LIMITS='{"max_users":null,"max_routes":null,"max_backends_per_route":null,"max_domains":null,"max_workers":null,"requests_per_minute":null,"burst":null,"tokens_per_minute":null,"bandwidth_gb_month":null,"waf_level":"off","dedicated_allowed":false,"on_quota":"log"}'
-
-# api METHOD ADMIN_PORT PATH BODY WANT_CODE [TOKEN]: body in API_BODY; dies on another status
-API_BODY=
-api() {
-    local method=$1 port=$2 path=$3 body=$4 want=$5 token=${6:-} resp code
-    local -a auth=()
-    if [[ -n $token ]]; then
-        auth=(-H "Authorization: Bearer $token")
-        # shellcheck disable=SC2016 # printed as is: the token is not shown
-        show_cmd curl -s -X "$method" -H 'Authorization: Bearer $TOKEN' -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    else
-        show_cmd curl -s -X "$method" -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    fi
-    resp=$(curl -s -w '|%{http_code}' --max-time 10 -X "$method" "${auth[@]}" -H 'Content-Type: application/json' \
-        -d "$body" "http://127.0.0.1:$port$path") || resp="|000"
-    code=${resp##*|}
-    API_BODY=${resp%|*}
-    [[ $code == "$want" ]] || die "$method $path answered $code, expected $want: $API_BODY"
-}
-
-# tenantry_limits_off ADMIN_PORT TENANT: plan "unlimited" (every limit null) for TENANT
-tenantry_limits_off() {
-    local port=$1 tenant=$2 token
-    api POST "$port" /api/auth/login "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" 200
-    token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$API_BODY")
-    [[ -n $token ]] || die "login answered no access_token: $API_BODY"
-    api POST "$port" /api/plans "{\"name\":\"unlimited\",\"limits\":$UNLIMITED_LIMITS}" 201 "$token"
-    api PUT "$port" "/api/tenants/$tenant/subscription" '{"plan":"unlimited"}' 200 "$token"
-    [[ $API_BODY == *'"plan":"unlimited"'* ]] || die "subscription of $tenant not changed: $API_BODY"
-}
+# (ADMIN_EMAIL, api and set_unlimited are in lib.sh)
 
 # sanity_check NAME PORT: 4 requests must all be 200 and reach both backends
 sanity_check() {

@@ -89,8 +89,6 @@ HEADERS=(
     'Accept-Language: en-US,en;q=0.5'
     'Accept-Encoding: gzip, deflate'
 )
-ADMIN_EMAIL=admin@bench.test
-ADMIN_PASSWORD=bench-only-password # throw-away: a fresh store per gateway, admin on 127.0.0.1
 
 # level tuning, shared by both proxies
 declare -A PL=([basic]=1 [standard]=1 [strict]=2)
@@ -232,38 +230,7 @@ proxy_jiffies() {
     echo "$sb $st"
 }
 
-API_BODY=
-# api METHOD ADMIN_PORT PATH BODY WANT_CODE [TOKEN]: the body goes to API_BODY; dies on another status
-api() {
-    local method=$1 port=$2 path=$3 body=$4 want=$5 token=${6:-} resp code
-    local -a auth=()
-    if [[ -n $token ]]; then
-        auth=(-H "Authorization: Bearer $token")
-        # shellcheck disable=SC2016 # printed as is: the token is not shown
-        show_cmd curl -s -X "$method" -H 'Authorization: Bearer $TOKEN' -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    else
-        show_cmd curl -s -X "$method" -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port$path"
-    fi
-    resp=$(curl -s -w '|%{http_code}' --max-time 10 -X "$method" "${auth[@]}" -H 'Content-Type: application/json' \
-        -d "$body" "http://127.0.0.1:$port$path") || resp="|000"
-    code=${resp##*|}
-    API_BODY=${resp%|*}
-    [[ $code == "$want" ]] || die "$method $path answered $code, expected $want: $API_BODY"
-}
-
-UNLIMITED_LIMITS='{"max_users":null,"max_routes":null,"max_backends_per_route":null,"max_domains":null,"max_workers":null,"requests_per_minute":null,"burst":null,"tokens_per_minute":null,"bandwidth_gb_month":null,"waf_level":"off","dedicated_allowed":false,"on_quota":"log"}'
-
-# set_unlimited ADMIN_PORT TENANT: plan "unlimited" (every limit null; its waf_level "off" does
-# not matter, the tenant's own waf level wins) for TENANT
-set_unlimited() {
-    local port=$1 tenant=$2 token
-    api POST "$port" /api/auth/login "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" 200
-    token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$API_BODY")
-    [[ -n $token ]] || die "login answered no access_token: $API_BODY"
-    api POST "$port" /api/plans "{\"name\":\"unlimited\",\"limits\":$UNLIMITED_LIMITS}" 201 "$token"
-    api PUT "$port" "/api/tenants/$tenant/subscription" '{"plan":"unlimited"}' 200 "$token"
-    [[ $API_BODY == *'"plan":"unlimited"'* ]] || die "subscription of $tenant not changed: $API_BODY"
-}
+# (api and set_unlimited are in lib.sh)
 
 # ---- configs --------------------------------------------------------------------------------
 nginx_main_conf() { # DIR WORKERS
