@@ -42,8 +42,8 @@ use crate::table::{Lookup, RouteRt};
 use crate::upstream::{self, Sent, UpstreamError};
 use crate::waf::{self, RouteWaf};
 
-/// What the proxy knows about the downstream connection.
-#[derive(Debug, Clone)]
+/// What the proxy knows about the downstream connection (shared by its requests).
+#[derive(Debug)]
 pub struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
@@ -55,6 +55,10 @@ pub struct ConnInfo {
     client_ip: HeaderValue,
     /// `for=…;proto=…` of the RFC 7239 `Forwarded` element, made once per connection.
     forwarded: Box<str>,
+    /// The last `Host` seen on this connection and this hop's whole `Forwarded` element for
+    /// it: keep-alive clients send the same host every time, so the element is formatted and
+    /// validated once, not per request.
+    forwarded_for_host: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl ConnInfo {
@@ -74,6 +78,7 @@ impl ConnInfo {
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
             client_ip,
             forwarded,
+            forwarded_for_host: std::sync::Mutex::new(None),
         }
     }
 
@@ -94,7 +99,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
     gw: Arc<Gateway>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let start = Instant::now();
@@ -745,7 +750,37 @@ fn rewrite_request_headers(
 /// Appends this hop to `Forwarded` (RFC 7239): `for=<client>;proto=<scheme>;host=<host>`,
 /// the host quoted when it is not a token (a port's `:`).
 fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
-    let Ok(host) = host.to_str() else { return };
+    let element = {
+        let mut cached = conn
+            .forwarded_for_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((h, e)) if h == host => Some(e.clone()),
+            _ => {
+                let e = forwarded_element_for(conn, host);
+                if let Some(e) = &e {
+                    *cached = Some((host.clone(), e.clone()));
+                }
+                e
+            }
+        }
+    };
+    let Some(element) = element else { return };
+    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", element.to_str().unwrap_or(""))).ok()
+        }
+        None => Some(element),
+    };
+    if let Some(v) = value {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+/// This hop's `Forwarded` element for `host`, or `None` if it cannot be a header value.
+fn forwarded_element_for(conn: &ConnInfo, host: &HeaderValue) -> Option<HeaderValue> {
+    let host = host.to_str().ok()?;
     let token = !host.is_empty()
         && host
             .bytes()
@@ -759,13 +794,7 @@ fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
             host.replace(['"', '\\'], "")
         )
     };
-    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(header::FORWARDED, v);
-    }
+    HeaderValue::from_str(&element).ok()
 }
 
 async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
@@ -876,5 +905,17 @@ mod tests {
             "for=192.0.2.1, for=\"[2001:db8::1]\";proto=http;host=acme.localhost"
         );
         assert_eq!(h["x-request-id"], "rid");
+
+        // The element is cached per connection: the same host reuses it, another host on the
+        // same connection gets its own.
+        for host in ["a.localhost", "a.localhost", "b.localhost", "a.localhost"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            rewrite_request_headers(&mut h, &v6, None, &HeaderValue::from_static("r"), false);
+            assert_eq!(
+                h["forwarded"],
+                format!("for=\"[2001:db8::1]\";proto=http;host={host}").as_str()
+            );
+        }
     }
 }

@@ -402,9 +402,10 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let gw = Arc::clone(gw);
+    let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
-        let conn = conn.clone();
+        let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
     });
     watcher
