@@ -127,18 +127,30 @@ fn flush_into(shared: &Shared, spare: &mut Vec<u8>) {
     spare.clear();
 }
 
+/// Appends `s` as a JSON string. Runs of bytes that need no escape (all of them, normally) are
+/// copied whole.
 fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if b != b'"' && b != b'\\' && b >= 0x20 {
+            continue;
         }
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
+        out.push_str(&s[start..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -146,6 +158,40 @@ fn push_opt(out: &mut String, s: Option<&str>) {
     match s {
         Some(s) => push_json_str(out, s),
         None => out.push_str("null"),
+    }
+}
+
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// `whole.fff`: a count of thousandths written as a decimal with three places.
+fn push_thousandths(out: &mut String, n: u64) {
+    push_u64(out, n / 1000);
+    let frac = n % 1000;
+    out.push('.');
+    if frac < 100 {
+        out.push('0');
+    }
+    if frac < 10 {
+        out.push('0');
+    }
+    push_u64(out, frac);
+}
+
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -160,12 +206,14 @@ fn format_into(out: &mut String, e: &Entry<'_>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let _ = write!(
+    out.push_str("{\"ts\":");
+    push_thousandths(
         out,
-        "{{\"ts\":{}.{:03},\"tenant_id\":",
-        now.as_secs(),
-        now.subsec_millis()
+        now.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(now.subsec_millis())),
     );
+    out.push_str(",\"tenant_id\":");
     push_opt(out, e.tenant_id);
     out.push_str(",\"route\":");
     push_opt(out, e.route);
@@ -177,15 +225,20 @@ fn format_into(out: &mut String, e: &Entry<'_>) {
     push_json_str(out, e.host);
     out.push_str(",\"path\":");
     push_json_str(out, e.path);
-    let _ = write!(out, ",\"status\":{},\"upstream\":", e.status);
+    out.push_str(",\"status\":");
+    push_u64(out, u64::from(e.status));
+    out.push_str(",\"upstream\":");
     push_opt(out, e.upstream);
-    let _ = write!(
+    out.push_str(",\"duration_ms\":");
+    push_thousandths(
         out,
-        ",\"duration_ms\":{:.3},\"bytes\":{},\"client\":\"{}\",\"error\":",
-        e.duration.as_secs_f64() * 1000.0,
-        e.bytes,
-        e.client
+        u64::try_from(e.duration.as_micros()).unwrap_or(u64::MAX),
     );
+    out.push_str(",\"bytes\":");
+    push_u64(out, e.bytes);
+    out.push_str(",\"client\":\"");
+    push_ip(out, e.client);
+    out.push_str("\",\"error\":");
     push_opt(out, e.error);
     out.push_str("}\n");
 }
@@ -215,5 +268,52 @@ mod tests {
         assert_eq!(v["path"], "/a\"b\\c\u{1}");
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["error"], serde_json::Value::Null);
+        assert_eq!(v["client"], "127.0.0.1");
+    }
+
+    #[test]
+    fn formats_every_field_exactly() {
+        let line = format_entry(&Entry {
+            tenant_id: None,
+            route: None,
+            request_id: "r-1",
+            method: "POST",
+            host: "ünï.localhost",
+            path: "/\u{7}\n\u{1f}é\\",
+            status: 404,
+            upstream: None,
+            duration: Duration::from_micros(2_000_007),
+            bytes: 0,
+            client: "2001:db8::1".parse().unwrap(),
+            error: Some("unknown_host"),
+        });
+        let (ts, rest) = line
+            .strip_prefix("{\"ts\":")
+            .and_then(|l| l.split_once(','))
+            .expect("ts first");
+        let (secs, millis) = ts.split_once('.').expect("ts has a fraction");
+        assert!(
+            secs.parse::<u64>().unwrap() > 1_600_000_000 && millis.len() == 3,
+            "{ts}"
+        );
+        assert_eq!(
+            rest,
+            "\"tenant_id\":null,\"route\":null,\"request_id\":\"r-1\",\"method\":\"POST\",\
+             \"host\":\"ünï.localhost\",\"path\":\"/\\u0007\\u000a\\u001fé\\\\\",\"status\":404,\
+             \"upstream\":null,\"duration_ms\":2000.007,\"bytes\":0,\"client\":\"2001:db8::1\",\
+             \"error\":\"unknown_host\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/\u{7}\n\u{1f}é\\");
+        assert_eq!(v["duration_ms"], 2000.007);
+    }
+
+    #[test]
+    fn thousandths_pad_the_fraction() {
+        for (n, want) in [(0, "0.000"), (5, "0.005"), (50, "0.050"), (1234, "1.234")] {
+            let mut s = String::new();
+            push_thousandths(&mut s, n);
+            assert_eq!(s, want);
+        }
     }
 }
