@@ -693,15 +693,18 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if n == 0 {
         return;
     }
-    if connection_listed && let Some(list) = h.get(header::CONNECTION).and_then(|v| v.to_str().ok())
-    {
-        let named: Vec<HeaderName> = list
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-            .collect();
-        for name in named {
-            h.remove(name);
+    // The listed names are looked up as `&str` (lower-cased on the stack by `http`): nothing
+    // is allocated for the usual `keep-alive` / `close` / `upgrade`. The value is a cheap
+    // clone (a reference count), so the map can change while its tokens are read.
+    if connection_listed && let Some(list) = h.get(header::CONNECTION).cloned() {
+        for token in list.to_str().unwrap_or("").split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
+            {
+                continue;
+            }
+            h.remove(token);
         }
     }
     for name in found.into_iter().flatten() {
@@ -867,6 +870,23 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+
+        // Tokens in any case, with spaces, empty or not a header name at all; an upgrade keeps
+        // `Connection` and `Upgrade` when asked to.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(" Upgrade ,X-Secret,, bad name,keep-alive"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, true);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["connection", "upgrade", "x-kept"]);
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);

@@ -44,7 +44,11 @@ pub fn generate() -> HeaderValue {
         buf[2 * i] = HEX[usize::from(byte >> 4)];
         buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // One allocation (the owner), and clones are reference counts: `from_bytes` would copy
+    // into a `Vec` whose first clone (the access log and the upstream request keep the id)
+    // allocates again.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Whether a client-supplied id is worth keeping: 1 to 128 visible ASCII characters.
