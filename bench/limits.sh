@@ -16,7 +16,9 @@
 #             key: route } (never refuses): one in-process GCRA decision per request
 #      redis  same as local + `serve --redis $REDIS_URL`: one EVALSHA per request
 #    Medians of RUNS runs (after a WARMUP run): RPS, p50, p99, gateway CPU per request, and
-#    the ratios on/off. redis-server is not pinned (it is not ours); its CPU is reported.
+#    the ratios on/off. With RPS_DELAY_MS=N every connection waits N ms after each response
+#    (wrk `delay()`), so the offered load is fixed below saturation and the p99 difference is
+#    the latency a decision adds rather than the queueing of a slower saturated gateway. redis-server is not pinned (it is not ours); its CPU is reported.
 # b. noisy: one gateway (default threads, not pinned) with two tenants, both on the unlimited
 #    plan: A ("noisy", noisy.localhost) with route ratelimit { requests_per_minute: 6000,
 #    burst: 100 } (100/s), B ("quiet", quiet.localhost) with a limit it never reaches
@@ -38,6 +40,8 @@
 # Knobs (environment):
 #   PARTS="rps noisy limiter"       which parts, in this order
 #   DURATION=10s RUNS=3 CONNS=64 WARMUP=2s   part a wrk settings (as proxy-vs-nginx.sh)
+#   RPS_DELAY_MS=                   part a: unset = closed loop at full speed (saturated);
+#                                   N = each connection waits N ms between requests
 #   NN_DURATION=5s NN_ROUNDS=3 STEADY_CONNS=16 STEADY_DELAY_MS=10 FLOOD_CONNS=32 PACED_DELAY_MS=13
 #   A_RPM=6000 A_BURST=100 B_RPM=600000 HIGH_RPM=100000000   limits (requests per minute)
 #   VARIANTS="off local redis"     part a gateways (off is the baseline; runs rotate through them)
@@ -60,6 +64,8 @@ PARTS=${PARTS:-rps noisy limiter}
 DURATION=${DURATION:-10s}
 RUNS=${RUNS:-3}
 CONNS=${CONNS:-64}
+RPS_DELAY_MS=${RPS_DELAY_MS:-}
+[[ -z $RPS_DELAY_MS || $RPS_DELAY_MS =~ ^[0-9]+$ ]] || die "RPS_DELAY_MS must be a whole number of ms, got '$RPS_DELAY_MS'"
 WARMUP=${WARMUP:-2s}
 NN_DURATION=${NN_DURATION:-5s}
 NN_ROUNDS=${NN_ROUNDS:-3}
@@ -160,7 +166,7 @@ log "limits: output in $OUT"
 log "host: $(uname -sr), $NCPU cpus ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
 log "wrk: $WRK ($("$WRK" -v 2>&1 | awk 'NR == 1 {print $2}')); backend: $BACKEND${NGINX:+ ($NGINX)}"
 ((NEED_REDIS)) && [[ -n $REDIS_CLI ]] && log "redis: $REDIS_URL ($("$REDIS_CLI" -u "$REDIS_URL" info server | awk -F: '/^redis_version:/ {sub(/\r/, "", $2); print $2}'), pid ${REDIS_PID:-?})"
-log "knobs: PARTS='$PARTS' DURATION=$DURATION RUNS=$RUNS CONNS=$CONNS WARMUP=$WARMUP NN_DURATION=$NN_DURATION" \
+log "knobs: PARTS='$PARTS' DURATION=$DURATION RUNS=$RUNS CONNS=$CONNS RPS_DELAY_MS=${RPS_DELAY_MS:-none} WARMUP=$WARMUP NN_DURATION=$NN_DURATION" \
     "NN_ROUNDS=$NN_ROUNDS STEADY_CONNS=$STEADY_CONNS STEADY_DELAY_MS=$STEADY_DELAY_MS FLOOD_CONNS=$FLOOD_CONNS PACED_DELAY_MS=$PACED_DELAY_MS" \
     "A_RPM=$A_RPM A_BURST=$A_BURST B_RPM=$B_RPM HIGH_RPM=$HIGH_RPM MODES='$MODES'"
 
@@ -328,6 +334,7 @@ EOF
 HOST_A=acme.localhost
 declare -A R_RPS R_P50 R_P99 R_CPU R_ERR R_REQ R_RCPU R_EVAL R_LOAD
 RPS_WRK_ARGS=(-t1 "-c$CONNS" "-d$DURATION" -H "Host: $HOST_A" --latency)
+[[ -n $RPS_DELAY_MS ]] && RPS_WRK_ARGS+=(-s "$OUT/rps-paced.lua")
 
 write_rps_conf() { # NAME(off|local|redis)
     local v=$1 name=rps-$1 rl=""
@@ -595,6 +602,10 @@ bench_nn() {
 cat >"$OUT/steady.lua" <<EOF
 -- B's steady traffic: every connection waits ${STEADY_DELAY_MS} ms after each response
 function delay() return $STEADY_DELAY_MS end
+EOF
+cat >"$OUT/rps-paced.lua" <<EOF
+-- part a at a fixed offered load: every connection waits ${RPS_DELAY_MS:-0} ms after each response
+function delay() return ${RPS_DELAY_MS:-0} end
 EOF
 cat >"$OUT/paced.lua" <<EOF
 -- A's paced flood: every connection waits ${PACED_DELAY_MS} ms after each response
