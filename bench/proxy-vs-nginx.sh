@@ -9,7 +9,10 @@
 # and wrk (-t1) share core LOAD_CPU (1). Every proxy routes Host acme.localhost round robin
 # to both backends over keep-alive upstream connections. Only 127.0.0.1 is ever used.
 #
-# Proxies (PROXIES, space separated, run in this order):
+# All proxies are started first (each pinned to PROXY_CPU; the idle ones cost nothing) and their
+# measured runs are interleaved, the order rotating every round: the VM drifts by 10-20% over
+# minutes, and running each proxy's runs in one block let that drift decide the ratios.
+# Proxies (PROXIES, space separated; round 1 runs them in this order):
 #   nginx           worker_processes 1, access_log /dev/null (combined format, one write/request)
 #   nginx-nolog     same, access_log off
 #   haproxy         nbthread 1, http-reuse always, "log stdout format raw" + option httplog,
@@ -380,81 +383,110 @@ parse_wrk() {
 WRK_ARGS=(-t1 "-c$CONNS" "-d$DURATION" -H "Host: $HOST_HEADER" --latency)
 
 declare -A M_RPS M_P50 M_P99 M_CPU M_PCT M_LOAD M_ERR M_UP
+# per-run values, space-separated, per proxy (the runs of all proxies are interleaved)
+declare -A V_RPS V_P50 V_P99 V_CPU V_PCT V_LOAD V_UP V_ERR PROXY_PIDS
 
-bench_proxy() {
-    local name=$1 port=${PORT[$1]} r f res
-    local -a rps=() p50=() p99=() cpu=() pct=() load=() up=()
-    local errs=0
+# setup_proxy NAME: starts the proxy, checks it, warms it up; it then idles until its runs
+setup_proxy() {
+    local name=$1 port=${PORT[$1]}
     log "=== $name (127.0.0.1:$port) ==="
     start_proxy "$name"
+    PROXY_PIDS[$name]=$PROXY_PID
     sanity_check "$name" "$port"
-
     log "$name: warm-up $WARMUP"
     show_cmd taskset -c "$LOAD_CPU" "$WRK" -t1 "-c$CONNS" "-d$WARMUP" -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" :: ">/dev/null"
     taskset -c "$LOAD_CPU" "$WRK" -t1 "-c$CONNS" "-d$WARMUP" -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >/dev/null
+}
 
-    for ((r = 1; r <= RUNS; r++)); do
-        f=$OUT/wrk-$name-$r.txt
-        local a0 a1 c0 c1 w0 w1 pb0 pt0 pb1 pt1 lb0 lt0 lb1 lt1
-        show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" :: ">$f"
-        read -r pb0 pt0 <<<"$(cpu_jiffies "$PROXY_CPU")"
-        read -r lb0 lt0 <<<"$(cpu_jiffies "$LOAD_CPU")"
-        a0=$(backend_accepts)
-        c0=$(tree_cpu_ticks "$PROXY_PID")
-        w0=$(now_ns)
-        taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" >"$f" 2>&1 ||
-            die "wrk failed against $name: $(cat "$f")"
-        w1=$(now_ns)
-        c1=$(tree_cpu_ticks "$PROXY_PID")
-        read -r pb1 pt1 <<<"$(cpu_jiffies "$PROXY_CPU")"
-        read -r lb1 lt1 <<<"$(cpu_jiffies "$LOAD_CPU")"
-        a1=$(backend_accepts)
-        res=$(parse_wrk "$f") || die "could not parse wrk output $f: $(cat "$f")"
-        local v_rps v_p50 v_p99 v_reqs v_err v_non v_cpu v_pct v_load v_core v_up
-        read -r v_rps v_p50 v_p99 v_reqs v_err v_non <<<"$res"
-        v_cpu=$(calc "($c1 - $c0) / $CLK_TCK * 1000000 / $v_reqs" %.2f)
-        v_pct=$(calc "($c1 - $c0) / $CLK_TCK / (($w1 - $w0) / 1e9) * 100" %.1f)
-        v_core=$(calc "($pb1 - $pb0) / ($pt1 - $pt0) * 100" %.1f)
-        v_load=$(calc "($lb1 - $lb0) / ($lt1 - $lt0) * 100" %.1f)
-        v_up=$((a1 - a0 - 1)) # minus the status probe itself
-        ((HAVE_STUB_STATUS)) || v_up=n/a
-        rps+=("$v_rps") p50+=("$v_p50") p99+=("$v_p99") cpu+=("$v_cpu") pct+=("$v_pct") load+=("$v_load") up+=("$v_up")
-        errs=$((errs + v_err))
-        log "$name run $r/$RUNS: $v_rps req/s, p50 $v_p50 ms, p99 $v_p99 ms, $v_reqs requests, errors $v_err;" \
-            "proxy cpu ${v_pct}% = $v_cpu us/req; core $PROXY_CPU busy ${v_core}%, core $LOAD_CPU (wrk+backends) busy ${v_load}%;" \
-            "new upstream connections $v_up"
-        ((v_err == 0)) || warn "$name run $r: $v_err non-2xx responses or socket errors (see $f)"
-        if [[ $(calc "$v_err * 100 / $v_reqs > $NON2XX_MAX_PCT" %d) == 1 ]]; then
-            warn "$name run $r: $v_non non-2xx + $((v_err - v_non)) socket errors = $(calc "$v_err * 100 / $v_reqs" %.2f)% of $v_reqs requests: figures are not comparable"
-            BAD_RUNS+=("$name run $r: $v_non non-2xx, $((v_err - v_non)) socket errors of $v_reqs requests")
-        fi
-        if [[ $(calc "$v_core - $v_pct > 10" %d) == 1 ]]; then
-            warn "$name run $r: core $PROXY_CPU was ${v_core}% busy but the proxy used only ${v_pct}%: something else ran on it (cargo?), figures are noisy"
-            NOISY=1
-        fi
-    done
-
-    if [[ $PROFILE == 1 && $name == "$PROFILE_PROXY" ]]; then
-        profile_run "$name" "$port"
+# measure_proxy NAME RUN: one measured wrk run against the running proxy NAME
+measure_proxy() {
+    local name=$1 r=$2 port=${PORT[$1]} pid=${PROXY_PIDS[$1]} f res
+    local a0 a1 c0 c1 w0 w1 pb0 pt0 pb1 pt1 lb0 lt0 lb1 lt1
+    f=$OUT/wrk-$name-$r.txt
+    show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" :: ">$f"
+    read -r pb0 pt0 <<<"$(cpu_jiffies "$PROXY_CPU")"
+    read -r lb0 lt0 <<<"$(cpu_jiffies "$LOAD_CPU")"
+    a0=$(backend_accepts)
+    c0=$(tree_cpu_ticks "$pid")
+    w0=$(now_ns)
+    taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" >"$f" 2>&1 ||
+        die "wrk failed against $name: $(cat "$f")"
+    w1=$(now_ns)
+    c1=$(tree_cpu_ticks "$pid")
+    read -r pb1 pt1 <<<"$(cpu_jiffies "$PROXY_CPU")"
+    read -r lb1 lt1 <<<"$(cpu_jiffies "$LOAD_CPU")"
+    a1=$(backend_accepts)
+    res=$(parse_wrk "$f") || die "could not parse wrk output $f: $(cat "$f")"
+    local v_rps v_p50 v_p99 v_reqs v_err v_non v_cpu v_pct v_load v_core v_up
+    read -r v_rps v_p50 v_p99 v_reqs v_err v_non <<<"$res"
+    v_cpu=$(calc "($c1 - $c0) / $CLK_TCK * 1000000 / $v_reqs" %.2f)
+    v_pct=$(calc "($c1 - $c0) / $CLK_TCK / (($w1 - $w0) / 1e9) * 100" %.1f)
+    v_core=$(calc "($pb1 - $pb0) / ($pt1 - $pt0) * 100" %.1f)
+    v_load=$(calc "($lb1 - $lb0) / ($lt1 - $lt0) * 100" %.1f)
+    v_up=$((a1 - a0 - 1)) # minus the status probe itself
+    ((HAVE_STUB_STATUS)) || v_up=n/a
+    V_RPS[$name]+=" $v_rps" V_P50[$name]+=" $v_p50" V_P99[$name]+=" $v_p99" V_CPU[$name]+=" $v_cpu"
+    V_PCT[$name]+=" $v_pct" V_LOAD[$name]+=" $v_load" V_UP[$name]+=" $v_up"
+    V_ERR[$name]=$((${V_ERR[$name]:-0} + v_err))
+    log "$name run $r/$RUNS: $v_rps req/s, p50 $v_p50 ms, p99 $v_p99 ms, $v_reqs requests, errors $v_err;" \
+        "proxy cpu ${v_pct}% = $v_cpu us/req; core $PROXY_CPU busy ${v_core}%, core $LOAD_CPU (wrk+backends) busy ${v_load}%;" \
+        "new upstream connections $v_up"
+    ((v_err == 0)) || warn "$name run $r: $v_err non-2xx responses or socket errors (see $f)"
+    if [[ $(calc "$v_err * 100 / $v_reqs > $NON2XX_MAX_PCT" %d) == 1 ]]; then
+        warn "$name run $r: $v_non non-2xx + $((v_err - v_non)) socket errors = $(calc "$v_err * 100 / $v_reqs" %.2f)% of $v_reqs requests: figures are not comparable"
+        BAD_RUNS+=("$name run $r: $v_non non-2xx, $((v_err - v_non)) socket errors of $v_reqs requests")
     fi
+    if [[ $(calc "$v_core - $v_pct > 10" %d) == 1 ]]; then
+        warn "$name run $r: core $PROXY_CPU was ${v_core}% busy but the proxy used only ${v_pct}%: something else ran on it (cargo?), figures are noisy"
+        NOISY=1
+    fi
+}
 
+# finish_proxy NAME: the optional profile run, then stop, then the medians
+finish_proxy() {
+    local name=$1
+    PROXY_PID=${PROXY_PIDS[$name]}
+    if [[ $PROFILE == 1 && $name == "$PROFILE_PROXY" ]]; then
+        profile_run "$name" "${PORT[$name]}"
+    fi
     stop_pid "$PROXY_PID"
-    M_RPS[$name]=$(median "${rps[@]}")
-    M_P50[$name]=$(median "${p50[@]}")
-    M_P99[$name]=$(median "${p99[@]}")
-    M_CPU[$name]=$(median "${cpu[@]}")
-    M_PCT[$name]=$(median "${pct[@]}")
-    M_LOAD[$name]=$(median "${load[@]}")
-    M_ERR[$name]=$errs
-    M_UP[$name]=$(IFS=/; echo "${up[*]}")
+    # shellcheck disable=SC2086 # word lists
+    {
+        M_RPS[$name]=$(median ${V_RPS[$name]})
+        M_P50[$name]=$(median ${V_P50[$name]})
+        M_P99[$name]=$(median ${V_P99[$name]})
+        M_CPU[$name]=$(median ${V_CPU[$name]})
+        M_PCT[$name]=$(median ${V_PCT[$name]})
+        M_LOAD[$name]=$(median ${V_LOAD[$name]})
+        M_UP[$name]=$(echo ${V_UP[$name]} | tr ' ' /)
+    }
+    M_ERR[$name]=${V_ERR[$name]:-0}
+}
+
+# bench_all: every proxy is started first (each pinned to PROXY_CPU; the idle ones cost
+# nothing), then the measured runs are interleaved, the order rotating every round, so that
+# the VM's drift over minutes hits every proxy alike instead of whichever ran last
+bench_all() {
+    local n=${#LIST[@]} r i name
+    for name in "${LIST[@]}"; do setup_proxy "$name"; done
+    for ((r = 1; r <= RUNS; r++)); do
+        for ((i = 0; i < n; i++)); do
+            measure_proxy "${LIST[(i + r - 1) % n]}" "$r"
+        done
+    done
+    for name in "${LIST[@]}"; do finish_proxy "$name"; done
 }
 
 profile_run() {
     local name=$1 port=$2 secs data=$OUT/perf-$1.data perf_pid
     secs=$(dur_to_secs "$DURATION")
     log "$name: PROFILE=1, extra run under perf (not part of the figures)"
-    show_cmd taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$PROXY_PID" -o "$data" -- sleep "$secs" :: ">$OUT/perf-record.log 2>&1 &"
-    taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$PROXY_PID" -o "$data" -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 &
+    # the proxy and its children (nginx's worker is a child of its master)
+    local pids=$PROXY_PID kids
+    kids=$(pgrep -d, -P "$PROXY_PID" || true)
+    [[ -n $kids ]] && pids+=",$kids"
+    show_cmd taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$pids" -o "$data" -- sleep "$secs" :: ">$OUT/perf-record.log 2>&1 &"
+    taskset -c "$LOAD_CPU" "$PERF" record -F 499 --call-graph "$PERF_CALLGRAPH" -p "$pids" -o "$data" -- sleep "$secs" >"$OUT/perf-record.log" 2>&1 &
     perf_pid=$!
     sleep 0.2
     show_cmd taskset -c "$LOAD_CPU" "$WRK" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/" :: ">$OUT/wrk-$name-perf.txt"
@@ -501,9 +533,7 @@ BACKEND_PID=$SPAWNED_PID
 wait_http "http://127.0.0.1:$BACKEND_PORT1/" x "$BACKEND_PID" "$OUT/backends/stderr.log" 30 || die "backends did not come up"
 wait_http "http://127.0.0.1:$BACKEND_PORT2/" x "$BACKEND_PID" "$OUT/backends/stderr.log" 30 || die "backends did not come up"
 
-for name in "${LIST[@]}"; do
-    bench_proxy "$name"
-done
+bench_all
 
 # ---- report ---------------------------------------------------------------------------
 baseline_for() {
