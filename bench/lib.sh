@@ -111,6 +111,55 @@ cpu_jiffies() {
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 
+# "busy total" jiffies summed over the given cpus.
+jiffies_sum() {
+    local c b t sb=0 st=0
+    for c in "$@"; do
+        read -r b t <<<"$(cpu_jiffies "$c")"
+        sb=$((sb + b)) st=$((st + t))
+    done
+    echo "$sb $st"
+}
+
+# preflight LOAD_CPU PROXY_CPU...: logs how busy the proxy core(s) and the load core were over
+# one second; above 15% it warns and sets NOISY=1 (the figures will be noisy).
+preflight() {
+    local load=$1 a0 t0 a1 t1 b0 u0 b1 u1 x y
+    shift
+    read -r a0 t0 <<<"$(jiffies_sum "$@")"
+    read -r b0 u0 <<<"$(cpu_jiffies "$load")"
+    sleep 1
+    read -r a1 t1 <<<"$(jiffies_sum "$@")"
+    read -r b1 u1 <<<"$(cpu_jiffies "$load")"
+    x=$(calc "($a1 - $a0) / ($t1 - $t0) * 100" %.0f)
+    y=$(calc "($b1 - $b0) / ($u1 - $u0) * 100" %.0f)
+    log "pre-flight: proxy core(s) $* ${x}% busy, load core $load ${y}% busy over 1 s"
+    if ((x > 15 || y > 15)); then
+        warn "the machine is not idle (proxy cores ${x}%, load core ${y}% busy): figures will be noisy"
+        NOISY=1
+    fi
+}
+
+# parse_wrk FILE -> "rps p50_ms p99_ms requests non2xx socket_errors" (of `wrk --latency`)
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000; if (u == "s") return n * 1000
+        if (u == "m") return n * 60000; return n + 0
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    /^ +50% / { p50 = ms($2) }
+    /^ +99% / { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non2xx += $NF }
+    /Socket errors:/ { for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); serr += v } }
+    END {
+        if (rps == "" || p99 == "" || reqs == "") exit 1
+        printf "%s %.3f %.3f %s %d %d\n", rps, p50, p99, reqs, non2xx, serr
+    }' "$1"
+}
+
 # Stops PID and its descendants: SIGTERM, up to 5 s grace, then SIGKILL.
 stop_pid() {
     local pid=$1 p i

@@ -172,26 +172,6 @@ log "knobs: PARTS='$PARTS' DURATION=$DURATION RUNS=$RUNS CONNS=$CONNS RPS_DELAY_
 
 # ---- helpers ----------------------------------------------------------------------------
 
-# parse_wrk FILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
-parse_wrk() {
-    awk '
-    function ms(v,   n, u) {
-        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000; if (u == "s") return n * 1000
-        if (u == "m") return n * 60000; return n + 0
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    /^ +50% / { p50 = ms($2) }
-    /^ +99% / { p99 = ms($2) }
-    / requests in / { reqs = $1 }
-    /Non-2xx or 3xx responses:/ { non2xx += $NF }
-    /Socket errors:/ { for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); serr += v } }
-    END {
-        if (rps == "" || p99 == "" || reqs == "") exit 1
-        printf "%s %.3f %.3f %s %d %d\n", rps, p50, p99, reqs, non2xx, serr
-    }' "$1"
-}
-
 # curl_code URL HOST [extra curl args]: HTTP status only
 curl_code() {
     local url=$1 host=$2
@@ -275,22 +255,6 @@ check_non2xx() {
 }
 
 NOISY=0
-preflight() {
-    local a0 t0 a1 t1 b0 u0 b1 u1 x y
-    read -r a0 t0 <<<"$(cpu_jiffies "$PROXY_CPU")"
-    read -r b0 u0 <<<"$(cpu_jiffies "$LOAD_CPU")"
-    sleep 1
-    read -r a1 t1 <<<"$(cpu_jiffies "$PROXY_CPU")"
-    read -r b1 u1 <<<"$(cpu_jiffies "$LOAD_CPU")"
-    x=$(calc "($a1 - $a0) / ($t1 - $t0) * 100" %.0f)
-    y=$(calc "($b1 - $b0) / ($u1 - $u0) * 100" %.0f)
-    log "pre-flight: core $PROXY_CPU ${x}% busy, core $LOAD_CPU ${y}% busy over 1 s"
-    if ((x > 15 || y > 15)); then
-        warn "the machine is not idle (cores ${x}% / ${y}% busy): figures will be noisy"
-        NOISY=1
-    fi
-}
-
 # ---- backends ---------------------------------------------------------------------------
 start_backends() {
     local dir=$OUT/backends
@@ -613,7 +577,7 @@ function delay() return $PACED_DELAY_MS end
 EOF
 
 if want rps || want noisy; then
-    preflight
+    preflight "$LOAD_CPU" "$PROXY_CPU"
     start_backends
 fi
 if want rps; then

@@ -360,26 +360,6 @@ sanity_check() {
     log "$name: sanity ok (bodies: $seen)"
 }
 
-# parse_wrk FILE -> "rps p50_ms p99_ms requests errors non2xx" (errors = non-2xx + socket errors)
-parse_wrk() {
-    awk '
-    function ms(v,   n, u) {
-        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000; if (u == "s") return n * 1000
-        if (u == "m") return n * 60000; return n + 0
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    /^ +50% / { p50 = ms($2) }
-    /^ +99% / { p99 = ms($2) }
-    / requests in / { reqs = $1 }
-    /Non-2xx or 3xx responses:/ { errs += $NF; non2xx += $NF }
-    /Socket errors:/ { for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); errs += v } }
-    END {
-        if (rps == "" || p99 == "" || reqs == "") exit 1
-        printf "%s %.3f %.3f %s %d %d\n", rps, p50, p99, reqs, errs, non2xx
-    }' "$1"
-}
-
 WRK_ARGS=(-t1 "-c$CONNS" "-d$DURATION" -H "Host: $HOST_HEADER" --latency)
 
 declare -A M_RPS M_P50 M_P99 M_CPU M_PCT M_LOAD M_ERR M_UP
@@ -417,8 +397,9 @@ measure_proxy() {
     read -r lb1 lt1 <<<"$(cpu_jiffies "$LOAD_CPU")"
     a1=$(backend_accepts)
     res=$(parse_wrk "$f") || die "could not parse wrk output $f: $(cat "$f")"
-    local v_rps v_p50 v_p99 v_reqs v_err v_non v_cpu v_pct v_load v_core v_up
-    read -r v_rps v_p50 v_p99 v_reqs v_err v_non <<<"$res"
+    local v_rps v_p50 v_p99 v_reqs v_err v_non v_serr v_cpu v_pct v_load v_core v_up
+    read -r v_rps v_p50 v_p99 v_reqs v_non v_serr <<<"$res"
+    v_err=$((v_non + v_serr))
     v_cpu=$(calc "($c1 - $c0) / $CLK_TCK * 1000000 / $v_reqs" %.2f)
     v_pct=$(calc "($c1 - $c0) / $CLK_TCK / (($w1 - $w0) / 1e9) * 100" %.1f)
     v_core=$(calc "($pb1 - $pb0) / ($pt1 - $pt0) * 100" %.1f)
@@ -509,18 +490,7 @@ NOISY=0
 NON2XX_MAX_PCT=0.1
 BAD_RUNS=()
 # pre-flight: the two cores should be idle before we start
-read -r i0b i0t <<<"$(cpu_jiffies "$PROXY_CPU")"
-read -r i1b i1t <<<"$(cpu_jiffies "$LOAD_CPU")"
-sleep 1
-read -r j0b j0t <<<"$(cpu_jiffies "$PROXY_CPU")"
-read -r j1b j1t <<<"$(cpu_jiffies "$LOAD_CPU")"
-idle0=$(calc "($j0b - $i0b) / ($j0t - $i0t) * 100" %.0f)
-idle1=$(calc "($j1b - $i1b) / ($j1t - $i1t) * 100" %.0f)
-log "pre-flight: core $PROXY_CPU ${idle0}% busy, core $LOAD_CPU ${idle1}% busy over 1 s"
-if ((idle0 > 15 || idle1 > 15)); then
-    warn "the machine is not idle (core $PROXY_CPU ${idle0}%, core $LOAD_CPU ${idle1}% busy): figures will be noisy"
-    NOISY=1
-fi
+preflight "$LOAD_CPU" "$PROXY_CPU"
 write_backend_conf
 nginx_cmd "$NGINX" "$OUT/backends" "$OUT/backends/nginx.conf"
 "${NGINX_CMD[@]}" -t -q >"$OUT/backends/configtest.log" 2>&1 || {

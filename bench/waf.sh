@@ -200,36 +200,6 @@ log "knobs: LEVELS='$LEVELS' REQUESTS='$REQUESTS' DURATION=$DURATION RUNS=$RUNS 
 
 # ---- helpers --------------------------------------------------------------------------------
 
-# parse_wrk FILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
-parse_wrk() {
-    awk '
-    function ms(v,   n, u) {
-        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") return n / 1000; if (u == "s") return n * 1000
-        if (u == "m") return n * 60000; return n + 0
-    }
-    /^Requests\/sec:/ { rps = $2 }
-    /^ +50% / { p50 = ms($2) }
-    /^ +99% / { p99 = ms($2) }
-    / requests in / { reqs = $1 }
-    /Non-2xx or 3xx responses:/ { non2xx += $NF }
-    /Socket errors:/ { for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); serr += v } }
-    END {
-        if (rps == "" || p99 == "" || reqs == "") exit 1
-        printf "%s %.3f %.3f %s %d %d\n", rps, p50, p99, reqs, non2xx, serr
-    }' "$1"
-}
-
-# busy/total jiffies summed over the proxy cores
-proxy_jiffies() {
-    local c b t sb=0 st=0
-    for c in "${PCPUS[@]}"; do
-        read -r b t <<<"$(cpu_jiffies "$c")"
-        sb=$((sb + b)) st=$((st + t))
-    done
-    echo "$sb $st"
-}
-
 # (api and set_unlimited are in lib.sh)
 
 # ---- configs --------------------------------------------------------------------------------
@@ -438,18 +408,7 @@ wrk_cmd() { # NAME REQ DURATION -> WRK_CMD
 
 # preflight: the cores should be idle
 NOISY=0
-read -r a0 t0 <<<"$(proxy_jiffies)"
-read -r b0 u0 <<<"$(cpu_jiffies "$LOAD_CPU")"
-sleep 1
-read -r a1 t1 <<<"$(proxy_jiffies)"
-read -r b1 u1 <<<"$(cpu_jiffies "$LOAD_CPU")"
-x=$(calc "($a1 - $a0) / ($t1 - $t0) * 100" %.0f)
-y=$(calc "($b1 - $b0) / ($u1 - $u0) * 100" %.0f)
-log "pre-flight: proxy cores ($PROXY_CPUS) ${x}% busy, core $LOAD_CPU ${y}% busy over 1 s"
-if ((x > 15 || y > 15)); then
-    warn "the machine is not idle (proxy cores ${x}%, load core ${y}% busy): figures will be noisy"
-    NOISY=1
-fi
+preflight "$LOAD_CPU" "${PCPUS[@]}"
 
 write_backend_conf
 nginx_cmd "$NGINX" "$OUT/backend" "$OUT/backend/nginx.conf"
@@ -495,13 +454,13 @@ measure() { # NAME REQ RUN
     f=$OUT/wrk-$name-$q-$r.txt
     wrk_cmd "$name" "$q" "$DURATION"
     show_cmd "${WRK_CMD[@]}" :: ">$f"
-    read -r pb0 pt0 <<<"$(proxy_jiffies)"
+    read -r pb0 pt0 <<<"$(jiffies_sum "${PCPUS[@]}")"
     c0=$(tree_cpu_ticks "${PID[$name]}")
     w0=$(now_ns)
     "${WRK_CMD[@]}" >"$f" 2>&1 || die "wrk failed against $name: $(cat "$f")"
     w1=$(now_ns)
     c1=$(tree_cpu_ticks "${PID[$name]}")
-    read -r pb1 pt1 <<<"$(proxy_jiffies)"
+    read -r pb1 pt1 <<<"$(jiffies_sum "${PCPUS[@]}")"
     res=$(parse_wrk "$f") || die "could not parse wrk output $f: $(cat "$f")"
     local v_rps v_p50 v_p99 v_reqs v_non v_serr v_cpu v_pct v_core
     read -r v_rps v_p50 v_p99 v_reqs v_non v_serr <<<"$res"
