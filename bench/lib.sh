@@ -111,6 +111,13 @@ cpu_jiffies() {
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 
+# fail MESSAGE: records a failed check (scripts print FAILED at the end and exit 1).
+FAILED=()
+fail() {
+    warn "CHECK FAILED: $*"
+    FAILED+=("$*")
+}
+
 # "busy total" jiffies summed over the given cpus.
 jiffies_sum() {
     local c b t sb=0 st=0

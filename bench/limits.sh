@@ -156,11 +156,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 T_START=$(date +%s)
-FAILED=()
-fail() {
-    warn "CHECK FAILED: $*"
-    FAILED+=("$*")
-}
 
 log "limits: output in $OUT"
 log "host: $(uname -sr), $NCPU cpus ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"

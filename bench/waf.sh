@@ -184,11 +184,6 @@ chmod 755 "$OUT" # nginx workers run as nobody when started by root
 trap cleanup_bg EXIT
 trap 'exit 130' INT TERM
 T_START=$(date +%s)
-FAILED=()
-fail() {
-    warn "CHECK FAILED: $*"
-    FAILED+=("$*")
-}
 
 log "waf: output in $OUT"
 log "host: $(uname -sr), $NCPU cpus ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
