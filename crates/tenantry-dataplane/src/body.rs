@@ -13,10 +13,11 @@ use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
 use crate::gateway::Gateway;
+use crate::h1::H1Body;
 use crate::llm::UsageScanner;
 use crate::metrics::RouteMetrics;
 use crate::table::{BackendRt, RouteRt};
-use crate::upstream::Conn;
+use crate::upstream::{Conn, UpstreamBody};
 
 /// The body sent upstream.
 pub enum UpBody {
@@ -223,13 +224,20 @@ pub struct RespBody {
 
 enum Inner {
     Upstream(Incoming),
+    Inline(H1Body),
     Full(Option<Bytes>),
 }
 
+/// The error of a response body: the upstream's body failed part way.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl RespBody {
-    pub(crate) fn upstream(body: Incoming, tap: Tap) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody, tap: Tap) -> Self {
         Self {
-            inner: Inner::Upstream(body),
+            inner: match body {
+                UpstreamBody::Hyper(b) => Inner::Upstream(b),
+                UpstreamBody::Inline(b) => Inner::Inline(b),
+            },
             tap: Some(tap),
         }
     }
@@ -245,15 +253,18 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BodyError>>> = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Inner::Inline(b) => b.poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -270,6 +281,9 @@ impl Body for RespBody {
                 // upstream connection is reusable now.
                 if let Some(tap) = this.tap.as_mut() {
                     tap.complete = true;
+                    if let Inner::Inline(b) = &mut this.inner {
+                        tap.conn = b.take_reusable().map(Conn::Inline);
+                    }
                 }
                 this.tap = None;
             }
@@ -286,6 +300,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Inline(b) => b.is_end_stream(),
             Inner::Full(b) => b.is_none(),
         }
     }
@@ -293,6 +308,7 @@ impl Body for RespBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Inline(b) => b.size_hint(),
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
         }
@@ -307,6 +323,9 @@ impl Drop for RespBody {
             && let Some(tap) = self.tap.as_mut()
         {
             tap.complete = true;
+            if let Inner::Inline(b) = &mut self.inner {
+                tap.conn = b.take_reusable().map(Conn::Inline);
+            }
         }
     }
 }

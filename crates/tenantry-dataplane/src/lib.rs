@@ -10,6 +10,7 @@ pub mod body;
 pub mod demo;
 pub mod errors;
 pub mod gateway;
+pub mod h1;
 pub mod health;
 pub mod lb;
 pub mod linger;

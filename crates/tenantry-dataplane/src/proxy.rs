@@ -299,6 +299,11 @@ pub async fn handle(
             Err((r, close)) => return refused(&gw, r, rate.as_ref(), tap, close),
         },
     };
+    // A body that has already ended is no body: the request can take the inline client.
+    let up_body = match up_body {
+        UpBody::Stream(b, _) if b.is_end_stream() => UpBody::Empty,
+        other => other,
+    };
     let mut up_req = Request::from_parts(parts, up_body);
     let mut backend = first;
     let mut retried = false;
@@ -308,7 +313,13 @@ pub async fn handle(
         tap.backend = Some(backend);
         let sent = tokio::time::timeout(
             gw.settings.upstream.response_timeout,
-            upstream::send(&b.health.pool, &b.addr, &gw.settings.upstream, up_req),
+            upstream::send(
+                &b.health.pool,
+                &b.addr,
+                &gw.settings.upstream,
+                up_req,
+                upgrade,
+            ),
         )
         .await;
         match sent {
@@ -393,7 +404,7 @@ pub async fn handle(
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
-        tap.conn = Some(upstream_conn);
+        tap.conn = upstream_conn;
     }
     let (mut rparts, rbody) = resp.into_parts();
     rparts.version = original_version;

@@ -1,4 +1,9 @@
-//! Upstream connections: a keep-alive pool per backend on hyper's HTTP/1 client connections.
+//! Upstream connections: a keep-alive pool per backend, holding two kinds of connection.
+//!
+//! - [`H1Conn`], the inline HTTP/1.1 client (`h1.rs`), for requests whose body is in memory
+//!   (no body, or one read in full for the WAF or an LLM policy): most requests.
+//! - hyper's HTTP/1 client connections, for bodies still streaming from the client and for
+//!   protocol upgrades.
 //!
 //! Why not hyper-util's pooled client: its per-request checkout (a shared map keyed by
 //! authority, a waiter queue) showed up in profiles, and it consumes a request even when the
@@ -20,14 +25,27 @@ use tenantry_domain::BackendAddr;
 use tokio::net::TcpStream;
 
 use crate::body::UpBody;
+use crate::h1::{self, H1Body, H1Conn};
 
 /// A connection ready for the next request.
-pub type Conn = SendRequest<UpBody>;
+#[derive(Debug)]
+pub enum Conn {
+    /// hyper's client connection (its driver runs as a task).
+    Hyper(SendRequest<UpBody>),
+    /// The inline client's connection.
+    Inline(H1Conn),
+}
+
+#[derive(Default)]
+struct Idle {
+    hyper: Vec<(SendRequest<UpBody>, Instant)>,
+    inline: Vec<(H1Conn, Instant)>,
+}
 
 /// Idle connections of one backend.
 #[derive(Default)]
 pub struct IdlePool {
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    idle: Mutex<Idle>,
 }
 
 impl std::fmt::Debug for IdlePool {
@@ -39,10 +57,24 @@ impl std::fmt::Debug for IdlePool {
 }
 
 impl IdlePool {
-    fn take(&self, idle_timeout: Duration) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((conn, since)) = idle.pop() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_hyper(&self, idle_timeout: Duration) -> Option<SendRequest<UpBody>> {
+        let mut idle = self.lock();
+        while let Some((conn, since)) = idle.hyper.pop() {
             if !conn.is_closed() && since.elapsed() < idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn take_inline(&self, idle_timeout: Duration) -> Option<H1Conn> {
+        let mut idle = self.lock();
+        while let Some((conn, since)) = idle.inline.pop() {
+            if since.elapsed() < idle_timeout {
                 return Some(conn);
             }
         }
@@ -51,18 +83,26 @@ impl IdlePool {
 
     /// Returns a connection whose response was read to the end.
     pub fn put(&self, conn: Conn, max_idle: usize) {
-        if conn.is_closed() {
+        if let Conn::Hyper(c) = &conn
+            && c.is_closed()
+        {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < max_idle {
-            idle.push((conn, Instant::now()));
+        let mut idle = self.lock();
+        if idle.hyper.len() + idle.inline.len() >= max_idle {
+            return;
+        }
+        let now = Instant::now();
+        match conn {
+            Conn::Hyper(c) => idle.hyper.push((c, now)),
+            Conn::Inline(c) => idle.inline.push((c, now)),
         }
     }
 
     /// Idle connections kept.
     pub fn len(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        let idle = self.lock();
+        idle.hyper.len() + idle.inline.len()
     }
 
     /// Whether no connection is idle.
@@ -76,32 +116,117 @@ impl IdlePool {
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, timed out): nothing was sent.
     Connect(io::Error),
-    /// The request was (at least partly) sent and then failed.
+    /// The request was (at least partly) sent and then failed (hyper's client).
     Request(hyper::Error),
+    /// The request was (at least partly) sent and then failed (the inline client).
+    Inline(h1::Error),
 }
 
-/// A response and the connection that carried it (to return to the pool at body end).
+/// The body of an upstream response.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From hyper's client.
+    Hyper(Incoming),
+    /// From the inline client (it owns the connection until the body ends).
+    Inline(H1Body),
+}
+
+/// A response and, for hyper's client, the connection that carried it (to return to the pool
+/// at body end; the inline client's body carries its own).
 pub struct Sent {
     /// The upstream's response.
-    pub response: Response<Incoming>,
-    /// The connection.
-    pub conn: Conn,
+    pub response: Response<UpstreamBody>,
+    /// hyper's connection.
+    pub conn: Option<Conn>,
+}
+
+/// Whether a request goes through the inline client: its body is in memory and it asks for no
+/// protocol upgrade.
+pub fn inline_capable(req: &Request<UpBody>, upgrade: bool) -> bool {
+    !upgrade && matches!(req.body(), UpBody::Empty | UpBody::Full(_))
 }
 
 /// Sends a request to `addr`, on an idle pooled connection if one is usable, else on a new one.
-/// On failure, the request comes back if none of it was sent.
+/// On failure, the request comes back if none of it was sent. Requests that are
+/// [`inline_capable`] go through the inline client, others through hyper's.
 pub async fn send(
+    pool: &IdlePool,
+    addr: &BackendAddr,
+    settings: &UpstreamSettings,
+    req: Request<UpBody>,
+    upgrade: bool,
+) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
+    if inline_capable(&req, upgrade) {
+        send_inline(pool, addr, settings, req).await
+    } else {
+        send_hyper(pool, addr, settings, req).await
+    }
+}
+
+async fn send_inline(
+    pool: &IdlePool,
+    addr: &BackendAddr,
+    settings: &UpstreamSettings,
+    req: Request<UpBody>,
+) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
+    let (parts, body) = req.into_parts();
+    let bytes: &[u8] = match &body {
+        UpBody::Full(Some(b)) => b,
+        _ => &[],
+    };
+    // A request whose method is not idempotent is not sent again once written, so it goes
+    // only on a connection with nothing pending on it (closed while idle, for instance).
+    let idempotent = parts.method.is_idempotent();
+    while let Some(conn) = pool.take_inline(settings.idle_timeout) {
+        if !idempotent && !conn.probe() {
+            continue;
+        }
+        match conn.send(&parts, bytes, true).await {
+            Ok(response) => return Ok(inline_sent(response)),
+            Err(f) if f.retry => {
+                tracing::debug!(error = %f.error, backend = %addr, "pooled upstream connection was closed; trying another");
+            }
+            Err(f) => return Err((UpstreamError::Inline(f.error), None)),
+        }
+    }
+    let stream = match connect_tcp(addr, settings.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err((
+                UpstreamError::Connect(e),
+                Some(Request::from_parts(parts, body)),
+            ));
+        }
+    };
+    match H1Conn::new(stream).send(&parts, bytes, false).await {
+        Ok(response) => Ok(inline_sent(response)),
+        Err(f) => Err((UpstreamError::Inline(f.error), None)),
+    }
+}
+
+fn inline_sent(response: Response<H1Body>) -> Sent {
+    Sent {
+        response: response.map(UpstreamBody::Inline),
+        conn: None,
+    }
+}
+
+async fn send_hyper(
     pool: &IdlePool,
     addr: &BackendAddr,
     settings: &UpstreamSettings,
     mut req: Request<UpBody>,
 ) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
-    while let Some(mut conn) = pool.take(settings.idle_timeout) {
+    let hyper_sent = |response: Response<Incoming>, conn| Sent {
+        response: response.map(UpstreamBody::Hyper),
+        conn: Some(Conn::Hyper(conn)),
+    };
+    while let Some(mut conn) = pool.take_hyper(settings.idle_timeout) {
         if conn.ready().await.is_err() {
             continue;
         }
         match conn.try_send_request(req).await {
-            Ok(response) => return Ok(Sent { response, conn }),
+            Ok(response) => return Ok(hyper_sent(response, conn)),
             // Closed by the upstream while idle: the request was not sent, try the next one.
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
@@ -109,12 +234,23 @@ pub async fn send(
             },
         }
     }
-    let mut conn = match connect(addr, settings.connect_timeout).await {
+    // An idle inline connection serves as the socket of a new hyper connection.
+    let stream = match pool
+        .take_inline(settings.idle_timeout)
+        .and_then(|c| c.probe().then(|| c.into_io()).flatten())
+    {
+        Some(s) => s,
+        None => match connect_tcp(addr, settings.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err((UpstreamError::Connect(e), Some(req))),
+        },
+    };
+    let mut conn = match handshake(stream, addr).await {
         Ok(c) => c,
         Err(e) => return Err((UpstreamError::Connect(e), Some(req))),
     };
     match conn.try_send_request(req).await {
-        Ok(response) => Ok(Sent { response, conn }),
+        Ok(response) => Ok(hyper_sent(response, conn)),
         Err(mut e) => {
             let unsent = e.take_message();
             Err((UpstreamError::Request(e.into_error()), unsent))
@@ -143,9 +279,9 @@ pub async fn connect_tcp(addr: &BackendAddr, timeout: Duration) -> io::Result<Tc
     Ok(stream)
 }
 
-/// Opens a new HTTP/1.1 connection (with upgrade support) and spawns its driver task.
-pub async fn connect(addr: &BackendAddr, timeout: Duration) -> io::Result<Conn> {
-    let stream = connect_tcp(addr, timeout).await?;
+/// Starts hyper's HTTP/1.1 client (with upgrade support) on a connected socket and spawns its
+/// driver task.
+async fn handshake(stream: TcpStream, addr: &BackendAddr) -> io::Result<SendRequest<UpBody>> {
     let (conn, driver) = http1::Builder::new()
         .writev(true)
         .handshake(TokioIo::new(stream))

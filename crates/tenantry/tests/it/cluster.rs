@@ -368,19 +368,22 @@ async fn redis_going_away_falls_back_without_errors_and_recovers() {
         if fallback != "deny" {
             assert!(seen.iter().all(|s| *s == 200), "{fallback}: {seen:?}");
         }
-        // Each worker's own connection heals within a retry interval or two.
+        // Each worker's own connection heals within a retry interval or two: one 200 may come
+        // from a worker that healed before another, so the check is 20 in a row.
         let c = HttpClient::new();
         let started = Instant::now();
-        while c.get(t.http, "acme.localhost", "/").await.unwrap().status != 200 {
+        let mut in_a_row = 0;
+        while in_a_row < 20 {
+            if c.get(t.http, "acme.localhost", "/").await.unwrap().status == 200 {
+                in_a_row += 1;
+                continue;
+            }
+            in_a_row = 0;
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "{fallback}: still refused after recovery"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for _ in 0..20 {
-            let s = c.get(t.http, "acme.localhost", "/").await.unwrap().status;
-            assert_eq!(s, 200, "{fallback} after recovery");
         }
         drop(redis2);
     }

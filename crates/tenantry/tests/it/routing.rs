@@ -206,3 +206,142 @@ async fn slow_upstream_gets_504_after_the_response_timeout() {
         200
     );
 }
+
+/// A hand-written origin whose answer depends on the path: the framings an upstream may use,
+/// and a keep-alive connection it closes while idle (without saying so).
+async fn framing_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    buf.drain(..end + 4 + length);
+                    let (reply, close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n",
+                            false,
+                        ),
+                        "/close" => (b"HTTP/1.1 200 OK\r\n\r\nto the end", true),
+                        "/continue" => (
+                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            false,
+                        ),
+                        // Answers, then closes as if its keep-alive timeout ran out.
+                        "/idle-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbye.", true),
+                        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", false),
+                    };
+                    if s.write_all(reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_framings_and_idle_closed_connections_pass_through() {
+    let (origin, accepted) = framing_origin().await;
+    let yaml = config(&format!(
+        "  - id: acme\n    plan: enterprise\n    waf: {{ level: \"off\" }}\n    routes:\n      - {{ id: web, host: acme.localhost, backends: [ {{ address: {origin} }} ] }}\n"
+    ))
+    .replace("listen: 127.0.0.1:0\n", "listen: 127.0.0.1:0\nruntime: { threads: 1 }\n");
+    let t = Tenantry::start(bin(), &yaml).await;
+    let c = HttpClient::new();
+    let cases: [(&str, &str, &[u8]); 4] = [
+        ("GET", "/chunked", b"hello world"),
+        ("GET", "/close", b"to the end"),
+        ("GET", "/continue", b"ok"),
+        ("POST", "/plain", b"ok\n"),
+    ];
+    for (method, path, want) in cases {
+        let r = c
+            .request(
+                method,
+                t.http,
+                "acme.localhost",
+                path,
+                &[],
+                if method == "POST" {
+                    bytes::Bytes::from_static(b"{}")
+                } else {
+                    bytes::Bytes::new()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{method} {path}");
+        assert_eq!(&r.body[..], want, "{method} {path}");
+    }
+    // Connections: one kept alive through /chunked, then /close ended it; /continue and the
+    // POST share the next.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A pooled connection the origin closed while idle: a GET is sent again on a new
+    // connection, a POST is not sent on it at all. Either way the client sees a 200.
+    for method in ["GET", "POST"] {
+        let r = c
+            .request(
+                method,
+                t.http,
+                "acme.localhost",
+                "/idle-close",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"bye."[..]));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = c
+            .request(
+                method,
+                t.http,
+                "acme.localhost",
+                "/plain",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{method} after an idle close: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
