@@ -28,7 +28,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Most header fields accepted in a response head (hyper's default too).
@@ -247,9 +247,20 @@ impl H1Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.buf.reserve(READ_SPACE);
         loop {
+            let space = self.buf.capacity() - self.buf.len();
             match self.io.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.io.poll_read_ready(cx))?;
+                }
+                Ok(n) if n > 0 && n < space => {
+                    // A short read drained the socket (epoll is edge-triggered: new data
+                    // raises readiness again). Clearing it now, as tokio's `poll_read` and
+                    // nginx's `recv` do, saves the next read's `EAGAIN` system call: about one
+                    // per request, since the response is read before the next one is sent.
+                    let _ = self.io.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                    return Poll::Ready(Ok(n));
                 }
                 other => return Poll::Ready(other),
             }
