@@ -84,6 +84,7 @@ pub struct H1Conn {
 impl std::fmt::Debug for H1Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H1Conn")
+            .field("local", &self.io.local_addr().ok())
             .field("peer", &self.io.peer_addr().ok())
             .finish_non_exhaustive()
     }

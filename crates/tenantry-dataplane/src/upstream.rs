@@ -36,16 +36,12 @@ pub enum Conn {
     Inline(H1Conn),
 }
 
-#[derive(Default)]
-struct Idle {
-    hyper: Vec<(SendRequest<UpBody>, Instant)>,
-    inline: Vec<(H1Conn, Instant)>,
-}
-
-/// Idle connections of one backend.
+/// Idle connections of one backend, most recently used last. One list for both kinds keeps
+/// the per-backend state small (it exists for every backend of every tenant); pools hold one
+/// kind almost always, so the search from the end stops at once.
 #[derive(Default)]
 pub struct IdlePool {
-    idle: Mutex<Idle>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl std::fmt::Debug for IdlePool {
@@ -57,28 +53,60 @@ impl std::fmt::Debug for IdlePool {
 }
 
 impl IdlePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_hyper(&self, idle_timeout: Duration) -> Option<SendRequest<UpBody>> {
+    /// The most recently used connection of one kind (`pick` returns it, or gives the
+    /// connection back if it is the other kind) that is `alive` and not idle too long; dead
+    /// ones of that kind met on the way are dropped.
+    fn take<T>(
+        &self,
+        hyper: bool,
+        idle_timeout: Duration,
+        pick: impl Fn(Conn) -> Result<T, Conn>,
+        alive: impl Fn(&T) -> bool,
+    ) -> Option<T> {
         let mut idle = self.lock();
-        while let Some((conn, since)) = idle.hyper.pop() {
-            if !conn.is_closed() && since.elapsed() < idle_timeout {
-                return Some(conn);
+        let mut end = idle.len();
+        while let Some(i) = idle[..end]
+            .iter()
+            .rposition(|(c, _)| matches!(c, Conn::Hyper(_)) == hyper)
+        {
+            end = i;
+            let (conn, since) = idle.remove(i);
+            match pick(conn) {
+                Ok(c) if alive(&c) && since.elapsed() < idle_timeout => return Some(c),
+                Ok(_) => {}
+                // Not reached: the position matched the kind.
+                Err(other) => idle.insert(i, (other, since)),
             }
         }
         None
     }
 
+    fn take_hyper(&self, idle_timeout: Duration) -> Option<SendRequest<UpBody>> {
+        self.take(
+            true,
+            idle_timeout,
+            |c| match c {
+                Conn::Hyper(h) => Ok(h),
+                other => Err(other),
+            },
+            |h| !h.is_closed(),
+        )
+    }
+
     fn take_inline(&self, idle_timeout: Duration) -> Option<H1Conn> {
-        let mut idle = self.lock();
-        while let Some((conn, since)) = idle.inline.pop() {
-            if since.elapsed() < idle_timeout {
-                return Some(conn);
-            }
-        }
-        None
+        self.take(
+            false,
+            idle_timeout,
+            |c| match c {
+                Conn::Inline(c) => Ok(c),
+                other => Err(other),
+            },
+            |_| true,
+        )
     }
 
     /// Returns a connection whose response was read to the end.
@@ -89,20 +117,14 @@ impl IdlePool {
             return;
         }
         let mut idle = self.lock();
-        if idle.hyper.len() + idle.inline.len() >= max_idle {
-            return;
-        }
-        let now = Instant::now();
-        match conn {
-            Conn::Hyper(c) => idle.hyper.push((c, now)),
-            Conn::Inline(c) => idle.inline.push((c, now)),
+        if idle.len() < max_idle {
+            idle.push((conn, Instant::now()));
         }
     }
 
     /// Idle connections kept.
     pub fn len(&self) -> usize {
-        let idle = self.lock();
-        idle.hyper.len() + idle.inline.len()
+        self.lock().len()
     }
 
     /// Whether no connection is idle.
@@ -294,4 +316,61 @@ async fn handshake(stream: TcpStream, addr: &BackendAddr) -> io::Result<SendRequ
         }
     });
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn socket(listener: &tokio::net::TcpListener) -> TcpStream {
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        // The server side stays open for the test's length by leaking it into a task.
+        let (server, _) = accepted.expect("accept");
+        tokio::spawn(async move {
+            let _keep = server;
+            std::future::pending::<()>().await;
+        });
+        client.expect("connect")
+    }
+
+    #[tokio::test]
+    async fn one_list_serves_both_kinds_most_recent_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = BackendAddr::parse(&listener.local_addr().expect("addr").to_string())
+            .expect("backend address");
+        let pool = IdlePool::default();
+        let long = Duration::from_secs(60);
+        let first = H1Conn::new(socket(&listener).await);
+        let first_port = format!("{first:?}");
+        pool.put(Conn::Inline(first), 8);
+        let h = handshake(socket(&listener).await, &addr)
+            .await
+            .expect("hyper");
+        pool.put(Conn::Hyper(h), 8);
+        let second = H1Conn::new(socket(&listener).await);
+        let second_port = format!("{second:?}");
+        pool.put(Conn::Inline(second), 8);
+        assert_eq!(pool.len(), 3);
+        // Inline ones come back newest first, skipping the hyper one between them.
+        assert_eq!(
+            format!("{:?}", pool.take_inline(long).expect("inline")),
+            second_port
+        );
+        assert!(pool.take_hyper(long).is_some());
+        assert_eq!(
+            format!("{:?}", pool.take_inline(long).expect("inline")),
+            first_port
+        );
+        assert!(pool.is_empty());
+        // The bound holds across kinds, and expired connections are not handed out.
+        for _ in 0..3 {
+            pool.put(Conn::Inline(H1Conn::new(socket(&listener).await)), 2);
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(pool.take_inline(Duration::ZERO).is_none());
+        assert!(pool.is_empty());
+    }
 }
