@@ -243,6 +243,13 @@ async fn prepare_connection(conn: &mut AnyConnection, backend: Backend) -> Resul
             sqlx::query("PRAGMA synchronous = NORMAL")
                 .execute(&mut *conn)
                 .await?;
+            // SQLite's default page cache is 2 MiB per connection, filled by start-up's
+            // whole-store read and never given back: 8 MiB over the pool, for pages the
+            // kernel caches anyway. Reads here are one-off (start-up, reloads) or small (the
+            // API), so 512 KiB per connection costs no speed that matters.
+            sqlx::query("PRAGMA cache_size = -512")
+                .execute(&mut *conn)
+                .await?;
         }
     }
     Ok(())
