@@ -241,6 +241,10 @@ pub struct LimitsSpec {
     /// larger gets 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_llm_body_bytes: Option<usize>,
+    /// How long a client connection may stay idle, or take to send a request head, before it
+    /// is closed (default `30s`; slowloris protection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
 }
 
 /// `runtime:` section.

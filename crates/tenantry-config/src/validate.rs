@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub upstream: UpstreamSettings,
     /// Largest request header section.
     pub max_header_bytes: usize,
+    /// Idle / request-head timeout of client connections.
+    pub header_timeout: Duration,
     /// Proxy worker threads (`None`: one per core).
     pub threads: Option<usize>,
     /// Unix socket used for `serve --upgrade`.
@@ -529,6 +531,17 @@ fn validate_server(
             "must be between 8192 and 1048576",
         );
     }
+    let header_timeout = duration(
+        spec.limits
+            .as_ref()
+            .and_then(|l| l.header_timeout.as_deref()),
+        Duration::from_secs(30),
+        "limits.header_timeout",
+        errs,
+    );
+    if header_timeout < Duration::from_secs(1) {
+        errs.push("limits.header_timeout", "must be at least 1s");
+    }
     let threads = spec.runtime.as_ref().and_then(|r| r.threads);
     if threads == Some(0) {
         errs.push("runtime.threads", "must be at least 1");
@@ -598,6 +611,7 @@ fn validate_server(
             max_idle_per_backend: up.max_idle_per_backend.unwrap_or(512),
         },
         max_header_bytes,
+        header_timeout,
         threads,
         upgrade_socket: spec.upgrade_socket.as_deref().map(|p| resolve(base, p)),
         max_llm_body_bytes,

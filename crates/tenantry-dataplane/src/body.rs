@@ -16,6 +16,7 @@ use crate::gateway::Gateway;
 use crate::h1::H1Body;
 use crate::llm::UsageScanner;
 use crate::metrics::RouteMetrics;
+use crate::proxy::ConnInfo;
 use crate::table::{BackendRt, RouteRt};
 use crate::upstream::{Conn, UpstreamBody};
 
@@ -109,6 +110,8 @@ pub struct Tap {
     pub(crate) host: Option<HeaderValue>,
     pub(crate) request_id: HeaderValue,
     pub(crate) client: std::net::IpAddr,
+    /// The client's connection, told when this request ends (its idle watchdog counts them).
+    pub(crate) downstream: Arc<ConnInfo>,
     pub(crate) bytes: u64,
     pub(crate) error: Option<&'static str>,
     pub(crate) gw: Arc<Gateway>,
@@ -169,6 +172,7 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        self.downstream.request_ended();
         let elapsed = self.start.elapsed();
         let metrics = self
             .route

@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -59,6 +59,10 @@ pub struct ConnInfo {
     /// it: keep-alive clients send the same host every time, so the element is formatted and
     /// validated once, not per request.
     forwarded_for_host: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+    /// Request heads received so far: the idle watchdog's sign of progress.
+    heads: AtomicU32,
+    /// Requests whose response has not ended yet.
+    in_flight: AtomicU32,
 }
 
 impl ConnInfo {
@@ -79,7 +83,28 @@ impl ConnInfo {
             client_ip,
             forwarded,
             forwarded_for_host: std::sync::Mutex::new(None),
+            heads: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Request heads received so far, and requests not finished: a connection whose first
+    /// figure stands still while the second is zero is idle, or sending a head too slowly.
+    pub fn progress(&self) -> (u32, u32) {
+        (
+            self.heads.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
+        )
+    }
+
+    fn request_started(&self) {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request's response ended (or was dropped).
+    pub(crate) fn request_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The same, with the listener's address.
@@ -103,6 +128,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let start = Instant::now();
+    conn.request_started();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
@@ -124,6 +150,7 @@ pub async fn handle(
         host: host_value.clone(),
         request_id: request_id.clone(),
         client: conn.peer.ip(),
+        downstream: Arc::clone(&conn),
         bytes: 0,
         error: None,
         gw: Arc::clone(&gw),

@@ -140,11 +140,13 @@ pub async fn serve(
     let graceful = Arc::new(GracefulShutdown::new());
     let (accepting_tx, accepting_rx) = watch::channel(true);
     let (finished_tx, finished_rx) = watch::channel(false);
+    // Proxy connections: hyper's HTTP/1 header timeout arms a timer for every request (a
+    // clock read, an allocation, a timer-wheel insert and removal); the proxy's idle watchdog
+    // (`serve_proxy`) gives the same protection with one timer per connection. The admin
+    // listener keeps hyper's.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(gw.settings.max_header_bytes.max(8192))
         .writev(true);
     builder
@@ -152,6 +154,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(gw.settings.max_header_bytes).unwrap_or(u32::MAX));
+    let mut admin_builder = builder.clone();
+    admin_builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.settings.header_timeout);
     let builder = Arc::new(builder);
     let tls = listeners
         .tls
@@ -219,7 +226,7 @@ pub async fn serve(
             TcpListener::from_std(l)?,
             Kind::Admin,
             Arc::clone(&gw),
-            Arc::clone(&builder),
+            Arc::new(admin_builder),
             None,
             Arc::clone(&graceful),
             accepting_rx.clone(),
@@ -401,16 +408,44 @@ async fn serve_proxy<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = gw.settings.header_timeout;
     let gw = Arc::clone(gw);
     let conn = Arc::new(conn);
+    let info = Arc::clone(&conn);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
     });
-    watcher
-        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
-        .await
+    let serving = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+    tokio::pin!(serving);
+    // The idle watchdog: a connection with nothing in flight that completes no request head
+    // for two checks in a row (`limits.header_timeout` to 1.5 times that) is closed. That
+    // covers idle keep-alive connections and heads sent too slowly (slowloris). Nothing is
+    // lost: no request is in flight.
+    let timeout = header_timeout;
+    let period = timeout / 2;
+    let mut last = info.progress().0;
+    let mut quiet = 0;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut serving => return done,
+            () = tokio::time::sleep(period) => {
+                let (heads, in_flight) = info.progress();
+                if heads != last || in_flight > 0 {
+                    last = heads;
+                    quiet = 0;
+                    continue;
+                }
+                quiet += 1;
+                if quiet >= 2 {
+                    tracing::debug!(peer = %info.peer, "closing a connection idle or without a complete request head for {timeout:?}");
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 fn text(

@@ -424,3 +424,15 @@ fn waf_spec_from_the_api_has_relative_paths() {
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["level", "mode", "exclusions[0]"]);
 }
+
+#[test]
+fn header_timeout_is_a_duration_of_at_least_a_second() {
+    check(
+        "limits: { header_timeout: 500ms }\ntenants: []\n",
+        &["limits.header_timeout: must be at least 1s"],
+    );
+    check(
+        "limits: { header_timeout: soon }\ntenants: []\n",
+        &[r#"limits.header_timeout: invalid duration "soon": expected a number before the unit"#],
+    );
+}

@@ -204,3 +204,80 @@ async fn refusals_of_unread_requests_linger_instead_of_resetting() {
     .unwrap();
     assert_eq!(resets, 0, "connections reset instead of closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = echo_backends(1).await;
+    let yaml = config(&tenant(
+        "acme",
+        "acme.localhost",
+        "round_robin",
+        &[&b[0]],
+        "",
+    ))
+    .replace(
+        "access_log: true\n",
+        "access_log: true\nlimits: { header_timeout: 1s }\n",
+    );
+    let t = Tenantry::start(bin(), &yaml).await;
+    // Reads until the server closes; how long that took, and what came.
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> (Duration, String) {
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    }
+
+    // Slowloris: a header line every 200 ms, never the end of the head.
+    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: acme.localhost\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut byte)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head sent for 8 s was never cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "slow head cut after {took:?}"
+    );
+
+    // An idle keep-alive connection after one answer.
+    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: acme.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (idle, got) = until_closed(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "idle connection closed after {idle:?}"
+    );
+
+    // A response that takes longer than the timeout is not cut: a request is in flight.
+    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, got) = until_closed(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
