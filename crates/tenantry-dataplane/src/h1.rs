@@ -244,6 +244,14 @@ impl H1Conn {
         Ok(head.map(|()| body))
     }
 
+    /// Reads more of a body that is not complete yet: the end of the stream is an error.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match ready!(self.poll_fill(cx))? {
+            0 => Poll::Ready(Err(Error::Closed)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.buf.reserve(READ_SPACE);
@@ -443,9 +451,7 @@ impl H1Body {
                 State::Done => return Poll::Ready(None),
                 State::Length(left) | State::Chunked(Chunk::Data(left)) => {
                     if conn.buf.is_empty() {
-                        if ready!(conn.poll_fill(cx))? == 0 {
-                            return Poll::Ready(Some(Err(Error::Closed)));
-                        }
+                        ready!(conn.poll_more(cx))?;
                         continue;
                     }
                     let n =
@@ -487,17 +493,13 @@ impl H1Body {
                                 "chunk-size line too long",
                             ))));
                         }
-                        if ready!(conn.poll_fill(cx))? == 0 {
-                            return Poll::Ready(Some(Err(Error::Closed)));
-                        }
+                        ready!(conn.poll_more(cx))?;
                     }
                     Err(_) => return Poll::Ready(Some(Err(Error::Invalid("invalid chunk size")))),
                 },
                 State::Chunked(Chunk::DataEnd) => {
                     if conn.buf.len() < 2 {
-                        if ready!(conn.poll_fill(cx))? == 0 {
-                            return Poll::Ready(Some(Err(Error::Closed)));
-                        }
+                        ready!(conn.poll_more(cx))?;
                         continue;
                     }
                     if &conn.buf[..2] != b"\r\n" {
@@ -533,9 +535,7 @@ impl H1Body {
                                     "trailer section too large",
                                 ))));
                             }
-                            if ready!(conn.poll_fill(cx))? == 0 {
-                                return Poll::Ready(Some(Err(Error::Closed)));
-                            }
+                            ready!(conn.poll_more(cx))?;
                         }
                         Err(e) => return Poll::Ready(Some(Err(Error::Parse(e)))),
                     }

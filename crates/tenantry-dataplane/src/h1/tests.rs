@@ -95,6 +95,15 @@ async fn connect(addr: SocketAddr) -> H1Conn {
     H1Conn::new(TcpStream::connect(addr).await.expect("connect"))
 }
 
+/// `GET /` on a new connection to `addr`: the response head, with its body unread.
+async fn fetch(addr: SocketAddr) -> http::Response<H1Body> {
+    connect(addr)
+        .await
+        .send(&get("/"), b"", false)
+        .await
+        .expect("response head")
+}
+
 #[tokio::test]
 async fn length_delimited_responses_reuse_the_connection() {
     let (addr, seen) = origin(vec![
@@ -176,11 +185,7 @@ async fn chunked_bodies_are_decoded_with_trailers() {
         b"c\r\n\r\n",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     assert_eq!(resp.body().size_hint().exact(), None);
     let (data, trailers) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"hello world");
@@ -200,11 +205,7 @@ async fn chunked_without_trailers_and_split_crlf() {
         b"\n",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     let (data, trailers) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"abc");
     assert!(trailers.is_none());
@@ -218,11 +219,7 @@ async fn bodies_to_the_end_of_the_connection_are_not_reused() {
         b"close",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     let (data, _) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"until close");
     assert!(resp.body_mut().take_reusable().is_none());
@@ -235,11 +232,7 @@ async fn connection_close_and_http10_are_not_reused() {
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let (addr, _seen) = origin(vec![vec![reply]]).await;
-        let mut resp = connect(addr)
-            .await
-            .send(&get("/"), b"", false)
-            .await
-            .expect("send");
+        let mut resp = fetch(addr).await;
         let (data, _) = collect(resp.body_mut()).await.expect("body");
         assert_eq!(data, b"ok");
         assert!(resp.body_mut().take_reusable().is_none());
@@ -249,11 +242,7 @@ async fn connection_close_and_http10_are_not_reused() {
         b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     collect(resp.body_mut()).await.expect("body");
     assert!(resp.body_mut().take_reusable().is_some());
 }
@@ -268,11 +257,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
         vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"],
     ])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("link").is_none());
     let (data, _) = collect(resp.body_mut()).await.expect("body");
@@ -349,11 +334,7 @@ async fn truncated_bodies_are_errors_and_not_reused() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX",
     ] {
         let (addr, _seen) = origin(vec![vec![reply]]).await;
-        let mut resp = connect(addr)
-            .await
-            .send(&get("/"), b"", false)
-            .await
-            .expect("head");
+        let mut resp = fetch(addr).await;
         assert!(collect(resp.body_mut()).await.is_err(), "{reply:?}");
         assert!(resp.body_mut().take_reusable().is_none());
     }
@@ -365,11 +346,7 @@ async fn transfer_encoding_with_content_length_is_chunked_and_not_reused() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     let (data, _) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"ok");
     assert!(resp.body_mut().take_reusable().is_none());
@@ -431,11 +408,7 @@ async fn body_frames_share_the_read_buffer() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
     ]])
     .await;
-    let mut resp = connect(addr)
-        .await
-        .send(&get("/"), b"", false)
-        .await
-        .expect("send");
+    let mut resp = fetch(addr).await;
     let frame = poll_fn(|cx| resp.body_mut().poll_frame(cx))
         .await
         .expect("frame")
