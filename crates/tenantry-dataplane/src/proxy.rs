@@ -114,6 +114,10 @@ impl ConnInfo {
     }
 }
 
+/// Request bodies of a declared length up to this are read before they are forwarded (larger
+/// ones, and bodies of unknown length, are streamed).
+const BUFFERED_BODY_MAX: usize = 64 * 1024;
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -303,6 +307,28 @@ pub async fn handle(
     let mut prompt_estimate = None;
     let up_body = match admission.as_ref().filter(|a| a.kind == RouteKind::Llm) {
         None => match prefix {
+            // A small body of declared length is read before forwarding, as nginx buffers
+            // request bodies: the request then goes through the inline client.
+            None if !upgrade
+                && declared_length(&parts.headers)
+                    .is_some_and(|n| n > 0 && n <= BUFFERED_BODY_MAX as u64) =>
+            {
+                let mut body = body;
+                match waf::read_prefix(&mut body, BUFFERED_BODY_MAX + 1).await {
+                    Ok(p) if p.complete => {
+                        route.metrics.add_bytes(p.bytes.len() as u64, 0);
+                        UpBody::Full((!p.bytes.is_empty()).then_some(p.bytes))
+                    }
+                    Ok(p) => UpBody::Prefixed(Some(p.bytes), body, Arc::clone(&route.metrics)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body failed while read");
+                        return with_rate(
+                            local_error(&gw, ErrorCode::BadRequest, tap, true),
+                            rate.as_ref(),
+                        );
+                    }
+                }
+            }
             None => UpBody::Stream(body, Arc::clone(&route.metrics)),
             Some(p) if p.complete => {
                 route.metrics.add_bytes(p.bytes.len() as u64, 0);
