@@ -545,5 +545,25 @@ impl H1Body {
     }
 }
 
+impl Drop for H1Body {
+    /// A body abandoned part way (the client left): what has already arrived is read off the
+    /// socket first, so that closing it sends the upstream a FIN rather than a reset (which
+    /// a reset would be, with unread data queued). Bounded: at most 64 KiB, no waiting.
+    fn drop(&mut self) {
+        if self.state == State::Done {
+            return;
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            let mut scratch = [0u8; 8192];
+            for _ in 0..8 {
+                match conn.io.try_read(&mut scratch) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -145,8 +145,12 @@ pub async fn serve(
     // (`serve_proxy`) gives the same protection with one timer per connection. The admin
     // listener keeps hyper's.
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Half-close: an HTTP/1.0-style client that shuts down its sending side after the request
+    // still gets the whole response (hyper's default treats that EOF as the client leaving,
+    // cutting the response after its head and abandoning the upstream's body).
     builder
         .http1()
+        .half_close(true)
         .max_buf_size(gw.settings.max_header_bytes.max(8192))
         .writev(true);
     builder

@@ -281,3 +281,22 @@ async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() 
     let (_, got) = until_closed(&mut s).await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = echo_backends(1).await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
+    // HTTP/1.0 style: the request, then the sending side shut, then wait for the answer.
+    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+    s.write_all(b"GET /slow?ms=200 HTTP/1.0\r\nHost: acme.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("\"backend\":\"b0\""), "{text}");
+    assert_eq!(b[0].hits(), 1);
+}
