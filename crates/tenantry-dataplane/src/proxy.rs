@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -688,8 +688,10 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// What is left to check here is the host: two `Host` headers could route one way here and
 /// another way upstream.
 fn request_filter<B>(req: &Request<B>) -> Result<(), ErrorCode> {
-    let host = req.headers().get(header::HOST);
-    if req.version() < Version::HTTP_2 && req.headers().get_all(header::HOST).iter().count() > 1 {
+    // One lookup for both questions: the first Host, and whether there is a second.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if req.version() < Version::HTTP_2 && hosts.next().is_some() {
         return Err(ErrorCode::BadRequest);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400.
@@ -791,23 +793,32 @@ fn rewrite_request_headers(
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
-        None => Some(conn.client_ip.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    // One hash and probe per field: `entry` instead of `get` then `insert`.
+    match h.entry(&X_FORWARDED_FOR) {
+        // A previous value that is not text is replaced, not extended.
+        Entry::Occupied(mut e) => match e.get().to_str() {
+            Ok(prev) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())) {
+                    e.insert(v);
+                }
+            }
+            Err(_) => {
+                e.insert(conn.client_ip.clone());
+            }
+        },
+        Entry::Vacant(e) => {
+            e.insert(conn.client_ip.clone());
+        }
     }
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if !h.contains_key(header::HOST)
-        && let Some(v) = host
-    {
-        h.insert(header::HOST, v.clone());
-    }
-    if let Some(v) = h.get(header::HOST).cloned() {
+    let host = match h.entry(header::HOST) {
+        Entry::Occupied(e) => Some(e.get().clone()),
+        Entry::Vacant(e) => host.map(|v| e.insert(v.clone()).clone()),
+    };
+    if let Some(v) = host {
         forwarded_element(h, conn, &v);
         h.insert(X_FORWARDED_HOST.clone(), v);
     }
@@ -834,14 +845,21 @@ fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
         }
     };
     let Some(element) = element else { return };
-    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            HeaderValue::from_str(&format!("{prev}, {}", element.to_str().unwrap_or(""))).ok()
+    match h.entry(header::FORWARDED) {
+        Entry::Occupied(mut e) => match e.get().to_str() {
+            Ok(prev) => {
+                let joined = format!("{prev}, {}", element.to_str().unwrap_or(""));
+                if let Ok(v) = HeaderValue::from_str(&joined) {
+                    e.insert(v);
+                }
+            }
+            Err(_) => {
+                e.insert(element);
+            }
+        },
+        Entry::Vacant(e) => {
+            e.insert(element);
         }
-        None => Some(element),
-    };
-    if let Some(v) = value {
-        h.insert(header::FORWARDED, v);
     }
 }
 

@@ -91,6 +91,7 @@ async fn forwards_headers_and_request_ids() {
             &[
                 ("x-request-id", "client-id-42"),
                 ("x-forwarded-for", "10.9.8.7"),
+                ("forwarded", "for=10.9.8.7"),
                 ("connection", "keep-alive, x-drop"),
                 ("x-drop", "1"),
             ],
@@ -102,6 +103,10 @@ async fn forwards_headers_and_request_ids() {
     let j = r.json();
     assert_eq!(j["x_request_id"], "client-id-42");
     assert_eq!(j["x_forwarded_for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(
+        j["forwarded"], "for=10.9.8.7, for=127.0.0.1;proto=http;host=acme.localhost",
+        "this hop is appended to the client's Forwarded"
+    );
     assert_eq!(
         j["connection"],
         serde_json::Value::Null,
