@@ -280,6 +280,59 @@ nginx_temp_paths() {
     done
 }
 
+# nginx_main_conf DIR [WORKERS]: the top of every nginx config here (WORKERS workers, default 1;
+# its own pid and log in DIR)
+nginx_main_conf() {
+    cat <<CONF
+worker_processes ${2:-1};
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 10000;
+events { worker_connections 4096; }
+CONF
+}
+
+# backend_pair_conf DIR NGINX PORT1 PORT2 [EXTRA]: the backend nginx of proxy-vs-nginx.sh and
+# proxy-instructions.sh: one worker, PORT1 answering 200 "b1\n" and PORT2 200 "b2\n", with
+# EXTRA (more directives) inside PORT1's server block.
+backend_pair_conf() {
+    cat <<EOF
+# backends: one nginx worker, two server blocks with a fixed tiny body
+$(nginx_main_conf "$1")
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+$(nginx_temp_paths "$1" "$2")
+    server {
+        listen 127.0.0.1:$3 backlog=4096;
+        location / { return 200 "b1\n"; }
+${5:-}
+    }
+    server { listen 127.0.0.1:$4 backlog=4096; location / { return 200 "b2\n"; } }
+}
+EOF
+}
+
+# acme_tenant_yaml HOST PORT1 PORT2: the benchmarks' tenant `acme`, one route for HOST, round
+# robin over the two backends (no plan key: scripts move it to "unlimited", see set_unlimited)
+acme_tenant_yaml() {
+    cat <<EOF
+tenants:
+  - id: acme
+    routes:
+      - id: web
+        host: $1
+        path_prefix: /
+        algorithm: round_robin
+        backends:
+          - { address: 127.0.0.1:$2 }
+          - { address: 127.0.0.1:$3 }
+EOF
+}
+
 # nginx_cmd PREFIX_DIR CONF: the command line that runs nginx in the foreground.
 NGINX_CMD=()
 nginx_cmd() {

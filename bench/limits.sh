@@ -256,24 +256,7 @@ start_backends() {
     mkdir -p "$dir"
     log "=== backends ($BACKEND, core $LOAD_CPU) ==="
     if [[ $BACKEND == nginx ]]; then
-        cat >"$dir/nginx.conf" <<EOF
-# backends: one nginx worker, two server blocks with a fixed tiny body (as proxy-vs-nginx.sh)
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 100000;
-    keepalive_timeout 300s;
-$(nginx_temp_paths "$dir" "$NGINX")
-    server { listen 127.0.0.1:$BACKEND_PORT1 backlog=4096; location / { return 200 "b1\n"; } }
-    server { listen 127.0.0.1:$BACKEND_PORT2 backlog=4096; location / { return 200 "b2\n"; } }
-}
-EOF
+        backend_pair_conf "$dir" "$NGINX" "$BACKEND_PORT1" "$BACKEND_PORT2" >"$dir/nginx.conf"
         nginx_cmd "$NGINX" "$dir" "$dir/nginx.conf"
         "${NGINX_CMD[@]}" -t -q >"$dir/configtest.log" 2>&1 || {
             cat "$dir/configtest.log" >&2

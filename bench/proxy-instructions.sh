@@ -45,22 +45,7 @@ ensure_tenantry
 require_free_port "$PORT" "$ADMIN_PORT" "$BACKEND_PORT1" "$BACKEND_PORT2"
 mkdir -p "$OUT/backend" "$OUT/tenantry"
 
-cat >"$OUT/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/backend/nginx.pid;
-error_log $OUT/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 100000;
-    keepalive_timeout 300s;
-$(nginx_temp_paths "$OUT/backend" "$NGINX")
-    server { listen 127.0.0.1:$BACKEND_PORT1; location / { return 200 "b1\n"; } }
-    server { listen 127.0.0.1:$BACKEND_PORT2; location / { return 200 "b2\n"; } }
-}
-EOF
+backend_pair_conf "$OUT/backend" "$NGINX" "$BACKEND_PORT1" "$BACKEND_PORT2" >"$OUT/backend/nginx.conf"
 nginx_cmd "$NGINX" "$OUT/backend" "$OUT/backend/nginx.conf"
 start_bg /dev/null "$OUT/backend/stderr.log" "${NGINX_CMD[@]}"
 wait_http "http://127.0.0.1:$BACKEND_PORT1/" localhost "$SPAWNED_PID" "$OUT/backend/stderr.log" 10 ||
@@ -75,16 +60,7 @@ runtime: { threads: 1 }
 metrics: { max_tenants: 1000 }
 shutdown: { drain: 0ms, grace: 2s }
 upgrade_socket: $OUT/tenantry/upgrade.sock
-tenants:
-  - id: acme
-    routes:
-      - id: web
-        host: $HOST_HEADER
-        path_prefix: /
-        algorithm: round_robin
-        backends:
-          - { address: 127.0.0.1:$BACKEND_PORT1 }
-          - { address: 127.0.0.1:$BACKEND_PORT2 }
+$(acme_tenant_yaml "$HOST_HEADER" "$BACKEND_PORT1" "$BACKEND_PORT2")
 EOF
 CG_FILE=$OUT/callgrind.out
 start_bg /dev/null "$OUT/tenantry/stderr.log" env -u TENANTRY_REDIS -u TENANTRY_STORE -u TENANTRY_DATA_DIR \

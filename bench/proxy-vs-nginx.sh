@@ -156,37 +156,10 @@ backend_accepts() {
     fi
 }
 
-nginx_main_conf() { # DIR: the top of every nginx config here (one worker, own pid and log)
-    cat <<CONF
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 4096; }
-CONF
-}
-
 write_backend_conf() {
-    local dir=$OUT/backends
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-# backends: one nginx worker, two server blocks with a fixed tiny body
-$(nginx_main_conf "$dir")
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 100000;
-    keepalive_timeout 300s;
-$(nginx_temp_paths "$dir" "$NGINX")
-    server {
-        listen 127.0.0.1:$BACKEND_PORT1 backlog=4096;
-        location / { return 200 "b1\n"; }
-$(backend_status_location)
-    }
-    server { listen 127.0.0.1:$BACKEND_PORT2 backlog=4096; location / { return 200 "b2\n"; } }
-}
-EOF
+    mkdir -p "$OUT/backends"
+    backend_pair_conf "$OUT/backends" "$NGINX" "$BACKEND_PORT1" "$BACKEND_PORT2" \
+        "$(backend_status_location)" >"$OUT/backends/nginx.conf"
 }
 
 write_nginx_conf() { # NAME PORT ACCESS_LOG_DIRECTIVE
@@ -274,16 +247,7 @@ metrics: { max_tenants: 1000 }
 shutdown: { drain: 0ms, grace: 2s }
 upgrade_socket: $dir/upgrade.sock
 # no plan key: the tenant is moved to the "unlimited" plan through the admin API
-tenants:
-  - id: acme
-    routes:
-      - id: web
-        host: $HOST_HEADER
-        path_prefix: /
-        algorithm: round_robin
-        backends:
-          - { address: 127.0.0.1:$BACKEND_PORT1 }
-          - { address: 127.0.0.1:$BACKEND_PORT2 }
+$(acme_tenant_yaml "$HOST_HEADER" "$BACKEND_PORT1" "$BACKEND_PORT2")
 EOF
 }
 

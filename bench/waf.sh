@@ -198,17 +198,6 @@ log "knobs: LEVELS='$LEVELS' REQUESTS='$REQUESTS' DURATION=$DURATION RUNS=$RUNS 
 # (api and set_unlimited are in lib.sh)
 
 # ---- configs --------------------------------------------------------------------------------
-nginx_main_conf() { # DIR WORKERS
-    cat <<CONF
-worker_processes $2;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 4096; }
-CONF
-}
-
 write_backend_conf() {
     local dir=$OUT/backend
     mkdir -p "$dir"
