@@ -316,8 +316,9 @@ ${5:-}
 EOF
 }
 
-# acme_tenant_yaml HOST PORT1 PORT2: the benchmarks' tenant `acme`, one route for HOST, round
-# robin over the two backends (no plan key: scripts move it to "unlimited", see set_unlimited)
+# acme_tenant_yaml HOST PORT1 PORT2 [ROUTE_LINES]: the benchmarks' tenant `acme`, one route for
+# HOST, round robin over the two backends, plus ROUTE_LINES (more keys of the route, indented
+# by 8) (no plan key: scripts move it to "unlimited", see set_unlimited)
 acme_tenant_yaml() {
     cat <<EOF
 tenants:
@@ -326,7 +327,8 @@ tenants:
       - id: web
         host: $1
         path_prefix: /
-        algorithm: round_robin
+        algorithm: round_robin${4:+
+$4}
         backends:
           - { address: 127.0.0.1:$2 }
           - { address: 127.0.0.1:$3 }

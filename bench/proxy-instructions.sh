@@ -6,11 +6,16 @@
 #   bash bench/proxy-instructions.sh                       # target/release/tenantry
 #   TENANTRY_BIN=/tmp/a bash bench/proxy-instructions.sh   # another build, e.g. the old one
 #   ANNOTATE=1 bash bench/proxy-instructions.sh            # also print the top functions
+#   LIMIT=local bash bench/proxy-instructions.sh            # with an in-process rate limit
+#   LIMIT=redis bash bench/proxy-instructions.sh            # ... decided on Redis (REDIS_URL)
 #
 # What it does: one nginx backend process (two ports, as in proxy-vs-nginx.sh), Tenantry
 # under `valgrind --tool=callgrind --instr-atstart=no` with the same tenant, route and
 # settings as proxy-vs-nginx.sh's tenantry-nolog (runtime.threads 1, no access log, the
-# tenant moved to an "unlimited" plan through the admin API). After a WARMUP wrk run,
+# tenant moved to an "unlimited" plan through the admin API). With LIMIT=local or redis, the
+# route gets limits.sh's never-refusing limit (`ratelimit: {requests_per_minute: 100000000,
+# burst: 1000000, key: route}`); with redis the gateway also gets `--redis REDIS_URL`
+# (default redis://127.0.0.1:6379): one EVALSHA per request. After a WARMUP wrk run,
 # instrumentation is switched on (`callgrind_control -i on`) for one `wrk -t1 -cCONNS
 # -dDURATION` run, then dumped. It prints the process's user-space instructions (Ir) during
 # that run divided by the requests wrk completed. Kernel work (the syscalls, about three
@@ -32,6 +37,9 @@ ADMIN_PORT=$((PORT + 10))
 BACKEND_PORT1=${BACKEND_PORT1:-18001}
 BACKEND_PORT2=${BACKEND_PORT2:-18002}
 ANNOTATE=${ANNOTATE:-0}
+LIMIT=${LIMIT:-}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+[[ $LIMIT =~ ^(|local|redis)$ ]] || die "LIMIT must be empty, local or redis, got '$LIMIT'"
 OUT=${OUT_DIR:-$(mktemp -d /tmp/tenantry-bench.XXXXXX)}
 HOST_HEADER=acme.localhost
 BG_PIDS=()
@@ -60,13 +68,16 @@ runtime: { threads: 1 }
 metrics: { max_tenants: 1000 }
 shutdown: { drain: 0ms, grace: 2s }
 upgrade_socket: $OUT/tenantry/upgrade.sock
-$(acme_tenant_yaml "$HOST_HEADER" "$BACKEND_PORT1" "$BACKEND_PORT2")
+$(acme_tenant_yaml "$HOST_HEADER" "$BACKEND_PORT1" "$BACKEND_PORT2" \
+    "${LIMIT:+        ratelimit: { requests_per_minute: 100000000, burst: 1000000, key: route \}}")
 EOF
+redis_args=()
+[[ $LIMIT != redis ]] || redis_args=(--redis "$REDIS_URL")
 CG_FILE=$OUT/callgrind.out
 start_bg /dev/null "$OUT/tenantry/stderr.log" env -u TENANTRY_REDIS -u TENANTRY_STORE -u TENANTRY_DATA_DIR \
     "TENANTRY_ADMIN_EMAIL=$ADMIN_EMAIL" "TENANTRY_ADMIN_PASSWORD=$ADMIN_PASSWORD" \
     "$VALGRIND" --tool=callgrind --instr-atstart=no "--callgrind-out-file=$CG_FILE" \
-    "$TENANTRY_BIN" serve --config "$OUT/tenantry/tenantry.yaml" --data-dir "$OUT/tenantry/data"
+    "$TENANTRY_BIN" serve --config "$OUT/tenantry/tenantry.yaml" --data-dir "$OUT/tenantry/data" "${redis_args[@]}"
 VG_PID=$SPAWNED_PID
 wait_http "http://127.0.0.1:$PORT/" "$HOST_HEADER" "$VG_PID" "$OUT/tenantry/stderr.log" 180 ||
     die "tenantry (under valgrind) did not come up"
@@ -98,5 +109,5 @@ total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(","
 if ((ANNOTATE)); then
     callgrind_annotate "$dump" 2>/dev/null | sed -n '/file:function/,$p' | head -40
 fi
-log "tenantry $(basename "$TENANTRY_BIN"): $requests requests, $total instructions, $(calc "$total / $requests" %.0f) user-space instructions per request"
+log "tenantry $(basename "$TENANTRY_BIN")${LIMIT:+ (rate limit: $LIMIT)}: $requests requests, $total instructions, $(calc "$total / $requests" %.0f) user-space instructions per request"
 log "callgrind data: $dump (callgrind_annotate --inclusive=yes $dump)"

@@ -137,24 +137,32 @@ impl RateRule {
         client: IpAddr,
         headers: &HeaderMap,
     ) -> String {
+        // Plain pushes, not `write!`: this runs for every rate-limited request.
         let mut s = String::with_capacity(64);
-        let _ = match self.key {
-            RateLimitKey::Tenant => write!(s, "tn:rl:{tenant}:*:tenant"),
-            RateLimitKey::Route => write!(s, "tn:rl:{tenant}:{route}:route"),
-            RateLimitKey::ClientIp => write!(s, "tn:rl:{tenant}:{route}:ip:{client}"),
-            RateLimitKey::ApiKey => match api_key(headers) {
-                Some(k) => {
-                    // The key itself never reaches Redis: a SHA-256 prefix names its bucket.
-                    let digest = Sha256::digest(k);
-                    let _ = write!(s, "tn:rl:{tenant}:{route}:key:");
-                    for b in &digest[..8] {
-                        let _ = write!(s, "{b:02x}");
-                    }
-                    Ok(())
+        s.push_str("tn:rl:");
+        s.push_str(tenant.as_str());
+        s.push(':');
+        if self.key == RateLimitKey::Tenant {
+            s.push_str("*:tenant");
+            return s;
+        }
+        s.push_str(route.as_str());
+        match self.key {
+            RateLimitKey::Route => s.push_str(":route"),
+            RateLimitKey::ApiKey if let Some(k) = api_key(headers) => {
+                // The key itself never reaches Redis: a SHA-256 prefix names its bucket.
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                s.push_str(":key:");
+                for b in &Sha256::digest(k)[..8] {
+                    s.push(char::from(HEX[usize::from(b >> 4)]));
+                    s.push(char::from(HEX[usize::from(b & 0xf)]));
                 }
-                None => write!(s, "tn:rl:{tenant}:{route}:ip:{client}"),
-            },
-        };
+            }
+            // Client IP, or an API-key rule on a request without a key.
+            _ => {
+                let _ = write!(s, ":ip:{client}");
+            }
+        }
         s
     }
 }
@@ -187,26 +195,76 @@ pub fn unix_ms() -> u64 {
 /// again, and `RateLimit-Policy` describes the rule (`60;w=60;burst=10`). A refusal adds
 /// `Retry-After` (whole seconds, rounded up).
 pub fn rate_headers(d: &Decision, rate: &Rate, h: &mut HeaderMap) {
-    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
-    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+    h.insert(RATELIMIT_LIMIT.clone(), number_value(d.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), number_value(d.remaining));
     h.insert(
         RATELIMIT_RESET.clone(),
-        HeaderValue::from(ceil_secs(d.reset_after)),
+        number_value(ceil_secs(d.reset_after)),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{};w={};burst={}",
-        rate.per_period,
-        rate.period.as_secs().max(1),
-        rate.burst
-    )) {
+    if let Some(v) = policy_value(rate) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
     if !d.allowed {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(ceil_secs(d.retry_after).max(1)),
+            number_value(ceil_secs(d.retry_after).max(1)),
         );
     }
+}
+
+/// Numbers below this come from a table of static header values.
+const SMALL_NUMBERS: usize = 4096;
+
+/// `n` as a header value. The RateLimit counters are mostly small: those come from a table
+/// built once, whose values are static (a clone copies a pointer). `HeaderValue::from(u64)`
+/// allocates for every value.
+fn number_value(n: u64) -> HeaderValue {
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let Some(i) = usize::try_from(n).ok().filter(|&i| i < SMALL_NUMBERS) else {
+        return HeaderValue::from(n);
+    };
+    let table = SMALL.get_or_init(|| {
+        // One string holding every number, kept for the life of the process.
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(SMALL_NUMBERS);
+        for k in 0..SMALL_NUMBERS {
+            let _ = write!(all, "{k}");
+            ends.push(all.len());
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    table[i].clone()
+}
+
+/// The `RateLimit-Policy` value of `rate` (`100;w=60;burst=10`). Requests of one route share
+/// their rate, so the last value built on this thread is kept and reused.
+fn policy_value(rate: &Rate) -> Option<HeaderValue> {
+    /// Requests per window, window in seconds, burst.
+    type PolicyKey = (u64, u64, u64);
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(PolicyKey, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let key = (rate.per_period, rate.period.as_secs().max(1), rate.burst);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((k, v)) = last.as_ref()
+            && *k == key
+        {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&format!("{};w={};burst={}", key.0, key.1, key.2)).ok()?;
+        *last = Some((key, v.clone()));
+        Some(v)
+    })
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -582,6 +640,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn number_values_from_the_table_and_beyond_it() {
+        for n in [0, 1, 9, 10, 99, 100, 4095, 4096, 4097, 1_000_000, u64::MAX] {
+            assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_policy_value_follows_the_rate() {
+        let a = Rate::new(100, Duration::from_secs(60), 10);
+        let b = Rate::new(5, Duration::from_millis(500), 1);
+        for _ in 0..2 {
+            assert_eq!(policy_value(&a).unwrap(), "100;w=60;burst=10");
+            assert_eq!(policy_value(&a).unwrap(), "100;w=60;burst=10");
+            // A period under a second is announced as one second.
+            assert_eq!(policy_value(&b).unwrap(), "5;w=1;burst=1");
+        }
+    }
+
+    #[test]
     fn rules_are_shared_between_tenants_and_keys_are_per_tenant() {
         let a = intern(Admission {
             rate: Some(RateRule::new(600, Some(100), RateLimitKey::Tenant)),
@@ -611,6 +688,19 @@ mod tests {
         assert!(
             k.starts_with("tn:rl:t1:web:key:") && k.len() == 33 && !k.contains("secret"),
             "{k}"
+        );
+        let digest: String = Sha256::digest(b"tn_secret")[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(k, format!("tn:rl:t1:web:key:{digest}"));
+        let by_route = RateRule::new(60, None, RateLimitKey::Route);
+        assert_eq!(by_route.key_for(&t1, &r, ip, &h), "tn:rl:t1:web:route");
+        let by_ip = RateRule::new(60, None, RateLimitKey::ClientIp);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            by_ip.key_for(&t1, &r, v6, &h),
+            "tn:rl:t1:web:ip:2001:db8::1"
         );
     }
 

@@ -217,7 +217,9 @@ impl H1Conn {
             );
         }
         let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the fields the gateway adds to a response (request id, the RateLimit set,
+        // Retry-After), so that adding them does not grow and rehash the map.
+        let mut headers = HeaderMap::with_capacity(count + 6);
         for &(n0, n1, v0, v1) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
                 .map_err(|_| Error::Invalid("invalid header name"))?;
