@@ -137,12 +137,15 @@ impl RedisBackend {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// The connection manager's settings: the per-command timeout for connecting and for
-    /// answers, and a short reconnect backoff (the circuit already spaces out attempts).
+    /// The connection manager's settings: the timeout for connecting, and a short reconnect
+    /// backoff (the circuit already spaces out attempts). No response timeout of its own:
+    /// [`RedisBackend::call`] already bounds every decision by the same `timeout`, and a
+    /// second timer per command cost about a thousand instructions (an expired response
+    /// timeout does not make the manager reconnect either, so nothing else depends on it).
     pub(crate) fn manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.opts.timeout))
-            .set_response_timeout(Some(self.opts.timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(100))
