@@ -209,18 +209,7 @@ async fn refusals_of_unread_requests_linger_instead_of_resetting() {
 async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = echo_backends(1).await;
-    let yaml = config(&tenant(
-        "acme",
-        "acme.localhost",
-        "round_robin",
-        &[&b[0]],
-        "",
-    ))
-    .replace(
-        "access_log: true\n",
-        "access_log: true\nlimits: { header_timeout: 1s }\n",
-    );
-    let t = Tenantry::start(bin(), &yaml).await;
+    let t = start_acme_with("limits: { header_timeout: 1s }", &[&b[0]]).await;
     // Reads until the server closes; how long that took, and what came.
     async fn until_closed(s: &mut tokio::net::TcpStream) -> (Duration, String) {
         let started = std::time::Instant::now();

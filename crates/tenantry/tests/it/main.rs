@@ -34,6 +34,21 @@ pub fn config(tenants: &str) -> String {
     )
 }
 
+/// [`config`] with more top-level `settings` (whole YAML lines) after `access_log`.
+pub fn config_with(settings: &str, tenants: &str) -> String {
+    config(tenants).replace(
+        "access_log: true\n",
+        &format!("access_log: true\n{}\n", settings.trim_end()),
+    )
+}
+
+/// Starts the binary with one tenant `acme` on `acme.localhost`, round robin to `backends`,
+/// and more top-level `settings` (see [`config_with`]).
+pub async fn start_acme_with(settings: &str, backends: &[&EchoBackend]) -> Tenantry {
+    let tenants = tenant("acme", "acme.localhost", "round_robin", backends, "");
+    Tenantry::start(bin(), &config_with(settings, &tenants)).await
+}
+
 /// Starts the binary with one tenant `acme` on `acme.localhost` routing to `backends`.
 pub async fn start_acme(algorithm: &str, backends: &[&EchoBackend], extra: &str) -> Tenantry {
     Tenantry::start(

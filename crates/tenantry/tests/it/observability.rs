@@ -17,10 +17,7 @@ async fn metrics_fold_tenants_beyond_the_limit_and_access_log_has_every_field() 
             "",
         ));
     }
-    let yaml = config(&tenants).replace(
-        "access_log: true\n",
-        "access_log: true\nmetrics: { max_tenants: 2 }\n",
-    );
+    let yaml = config_with("metrics: { max_tenants: 2 }", &tenants);
     let t = Tenantry::start(bin(), &yaml).await;
     let c = HttpClient::new();
     for i in 0..4 {

@@ -180,18 +180,7 @@ async fn backend_given_by_dns_name_is_resolved_at_connect_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_gets_504_after_the_response_timeout() {
     let b = echo_backends(1).await;
-    let yaml = config(&tenant(
-        "acme",
-        "acme.localhost",
-        "round_robin",
-        &[&b[0]],
-        "",
-    ))
-    .replace(
-        "access_log: true\n",
-        "access_log: true\nupstream: { response_timeout: 300ms }\n",
-    );
-    let t = Tenantry::start(bin(), &yaml).await;
+    let t = start_acme_with("upstream: { response_timeout: 300ms }", &[&b[0]]).await;
     let c = HttpClient::new();
     let started = std::time::Instant::now();
     let r = c
