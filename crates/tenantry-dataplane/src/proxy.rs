@@ -289,7 +289,7 @@ pub async fn handle(
     // the first one, so this is safe for any method.
     let upgrade = wants_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     rewrite_request_headers(
         &mut parts.headers,
         &conn,
@@ -305,30 +305,27 @@ pub async fn handle(
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     let mut prompt_estimate = None;
-    let up_body = match admission.as_ref().filter(|a| a.kind == RouteKind::Llm) {
-        None => match prefix {
-            // A small body of declared length is read before forwarding, as nginx buffers
-            // request bodies: the request then goes through the inline client.
-            None if !upgrade
-                && declared_length(&parts.headers)
-                    .is_some_and(|n| n > 0 && n <= BUFFERED_BODY_MAX as u64) =>
-            {
-                let mut body = body;
-                match waf::read_prefix(&mut body, BUFFERED_BODY_MAX + 1).await {
-                    Ok(p) if p.complete => {
-                        route.metrics.add_bytes(p.bytes.len() as u64, 0);
-                        UpBody::Full((!p.bytes.is_empty()).then_some(p.bytes))
-                    }
-                    Ok(p) => UpBody::Prefixed(Some(p.bytes), body, Arc::clone(&route.metrics)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "request body failed while read");
-                        return with_rate(
-                            local_error(&gw, ErrorCode::BadRequest, tap, true),
-                            rate.as_ref(),
-                        );
-                    }
-                }
+    let llm = admission.as_ref().filter(|a| a.kind == RouteKind::Llm);
+    // A small body of declared length is read before forwarding, as nginx buffers request
+    // bodies: the request then goes through the inline client. (LLM routes read theirs below.)
+    if llm.is_none()
+        && prefix.is_none()
+        && !upgrade
+        && declared_length(&parts.headers).is_some_and(|n| n > 0 && n <= BUFFERED_BODY_MAX as u64)
+    {
+        match waf::read_prefix(&mut body, BUFFERED_BODY_MAX + 1).await {
+            Ok(p) => prefix = Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "request body failed while read");
+                return with_rate(
+                    local_error(&gw, ErrorCode::BadRequest, tap, true),
+                    rate.as_ref(),
+                );
             }
+        }
+    }
+    let up_body = match llm {
+        None => match prefix {
             None => UpBody::Stream(body, Arc::clone(&route.metrics)),
             Some(p) if p.complete => {
                 route.metrics.add_bytes(p.bytes.len() as u64, 0);
@@ -793,23 +790,7 @@ fn rewrite_request_headers(
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // One hash and probe per field: `entry` instead of `get` then `insert`.
-    match h.entry(&X_FORWARDED_FOR) {
-        // A previous value that is not text is replaced, not extended.
-        Entry::Occupied(mut e) => match e.get().to_str() {
-            Ok(prev) => {
-                if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())) {
-                    e.insert(v);
-                }
-            }
-            Err(_) => {
-                e.insert(conn.client_ip.clone());
-            }
-        },
-        Entry::Vacant(e) => {
-            e.insert(conn.client_ip.clone());
-        }
-    }
+    append_to_list(h, &X_FORWARDED_FOR, conn.client_ip.clone());
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -845,7 +826,14 @@ fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
         }
     };
     let Some(element) = element else { return };
-    match h.entry(header::FORWARDED) {
+    append_to_list(h, &header::FORWARDED, element);
+}
+
+/// Appends this hop's `element` to the comma-separated list in field `name`, or sets it. One
+/// hash and probe (`entry`, not `get` then `insert`). A previous value that is not text is
+/// replaced, not extended.
+fn append_to_list(h: &mut HeaderMap, name: &HeaderName, element: HeaderValue) {
+    match h.entry(name) {
         Entry::Occupied(mut e) => match e.get().to_str() {
             Ok(prev) => {
                 let joined = format!("{prev}, {}", element.to_str().unwrap_or(""));

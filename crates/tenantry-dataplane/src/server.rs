@@ -427,8 +427,7 @@ where
     // for two checks in a row (`limits.header_timeout` to 1.5 times that) is closed. That
     // covers idle keep-alive connections and heads sent too slowly (slowloris). Nothing is
     // lost: no request is in flight.
-    let timeout = header_timeout;
-    let period = timeout / 2;
+    let period = header_timeout / 2;
     let mut last = info.progress().0;
     let mut quiet = 0;
     loop {
@@ -444,7 +443,7 @@ where
                 }
                 quiet += 1;
                 if quiet >= 2 {
-                    tracing::debug!(peer = %info.peer, "closing a connection idle or without a complete request head for {timeout:?}");
+                    tracing::debug!(peer = %info.peer, "closing a connection idle or without a complete request head for {header_timeout:?}");
                     return Ok(());
                 }
             }

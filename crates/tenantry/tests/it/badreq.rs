@@ -210,8 +210,11 @@ async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = echo_backends(1).await;
     let t = start_acme_with("limits: { header_timeout: 1s }", &[&b[0]]).await;
-    // Reads until the server closes; how long that took, and what came.
-    async fn until_closed(s: &mut tokio::net::TcpStream) -> (Duration, String) {
+    // Sends `request` on a new connection and reads until the server closes; how long that
+    // took, and what came.
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (Duration, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
         let started = std::time::Instant::now();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
@@ -251,11 +254,7 @@ async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() 
     );
 
     // An idle keep-alive connection after one answer.
-    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: acme.localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let (idle, got) = until_closed(&mut s).await;
+    let (idle, got) = exchange(t.http, b"GET / HTTP/1.1\r\nHost: acme.localhost\r\n\r\n").await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
@@ -263,11 +262,11 @@ async fn idle_and_slow_head_connections_are_closed_but_slow_responses_are_not() 
     );
 
     // A response that takes longer than the timeout is not cut: a request is in flight.
-    let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
-    s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, got) = until_closed(&mut s).await;
+    let (_, got) = exchange(
+        t.http,
+        b"GET /slow?ms=2500 HTTP/1.1\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
 
