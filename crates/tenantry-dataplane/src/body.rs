@@ -13,24 +13,63 @@ use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
 use crate::gateway::Gateway;
-use crate::h1::H1Body;
+use crate::h1::{H1Body, RawHead};
 use crate::llm::UsageScanner;
 use crate::metrics::RouteMetrics;
 use crate::proxy::ConnInfo;
 use crate::table::{BackendRt, RouteRt};
 use crate::upstream::{Conn, UpstreamBody};
 
+/// A client's request body: hyper's, or read in full by the proxy's own HTTP/1.1 server
+/// (`crate::h1server`).
+#[derive(Debug)]
+pub enum ReqBody {
+    /// Read by hyper (HTTP/2, and HTTP/1.1 requests the own server hands to hyper).
+    Hyper(Incoming),
+    /// Read in full with the head (`None`: no body).
+    Full(Option<Bytes>),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Hyper(b) => b.is_end_stream(),
+            ReqBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Hyper(b) => b.size_hint(),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// The body sent upstream.
 pub enum UpBody {
     /// The client's body, streamed, counted into the route's `sent` bytes.
-    Stream(Incoming, Arc<RouteMetrics>),
+    Stream(ReqBody, Arc<RouteMetrics>),
     /// No body (lets idempotent requests be retried).
     Empty,
     /// A body read in full before forwarding (LLM routes and the WAF check it first).
     Full(Option<Bytes>),
     /// The first bytes, read for the WAF, then the rest of the client's body, streamed (both
     /// counted into the route's `sent` bytes).
-    Prefixed(Option<Bytes>, Incoming, Arc<RouteMetrics>),
+    Prefixed(Option<Bytes>, ReqBody, Arc<RouteMetrics>),
 }
 
 impl Body for UpBody {
@@ -243,6 +282,26 @@ impl RespBody {
                 UpstreamBody::Inline(b) => Inner::Inline(b),
             },
             tap: Some(tap),
+        }
+    }
+
+    /// The upstream response's header fields, when they were kept as they came (the inline
+    /// client's responses): the response's `HeaderMap` holds only the gateway's own fields
+    /// then, which replace the upstream's of the same name.
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        match &self.inner {
+            Inner::Inline(b) => b.raw_head(),
+            _ => None,
+        }
+    }
+
+    /// Moves the upstream's raw header fields into `headers` (for a writer that needs one map:
+    /// hyper's server, or the LLM usage scanner's `Content-Type`).
+    pub fn merge_raw_head(&mut self, headers: &mut http::HeaderMap) {
+        if let Inner::Inline(b) = &mut self.inner
+            && let Some(raw) = b.take_raw_head()
+        {
+            raw.append_to(headers);
         }
     }
 

@@ -147,7 +147,7 @@ impl H1Conn {
             let before = self.buf.len();
             match self.read_head() {
                 Ok(Some(head)) => {
-                    let status = head.status();
+                    let status = head.0.status();
                     if status.is_informational() {
                         // 100 Continue, 103 Early Hints: not forwarded, as with hyper.
                         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -174,13 +174,13 @@ impl H1Conn {
         }
     }
 
-    /// Parses a complete response head off the front of the buffer, if there is one.
-    fn read_head(&mut self) -> Result<Option<Response<()>>, Error> {
+    /// Parses a complete response head off the front of the buffer, if there is one. The
+    /// response's `HeaderMap` stays empty: its fields are in the [`RawHead`].
+    fn read_head(&mut self) -> Result<Option<(Response<()>, RawHead)>, Error> {
         if self.buf.is_empty() {
             return Ok(None);
         }
         let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let base = self.buf.as_ptr() as usize;
         let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -203,45 +203,46 @@ impl H1Conn {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let count = parsed.headers.len();
-        // Offsets into the buffer (the head is at most 64 KiB), so the values can be slices
-        // of it once it is frozen.
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (
-                name as u32,
-                (name + h.name.len()) as u32,
-                value as u32,
-                (value + h.value.len()) as u32,
-            );
-        }
-        let head = self.buf.split_to(len).freeze();
-        // Room for the fields the gateway adds to a response (request id, the RateLimit set,
-        // Retry-After), so that adding them does not grow and rehash the map.
-        let mut headers = HeaderMap::with_capacity(count + 6);
-        for &(n0, n1, v0, v1) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-                .map_err(|_| Error::Invalid("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-                .map_err(|_| Error::Invalid("invalid header value"))?;
-            headers.append(name, value);
-        }
+        // Offsets into the buffer (the head is at most 64 KiB), so the fields can be read
+        // from it once it is frozen. (httparse has checked the names' and values' bytes.)
+        let spans: Vec<[u32; 4]> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                [
+                    name as u32,
+                    (name + h.name.len()) as u32,
+                    value as u32,
+                    (value + h.value.len()) as u32,
+                ]
+            })
+            .collect();
+        let head = RawHead {
+            bytes: self.buf.split_to(len).freeze(),
+            fields: spans,
+        };
         let mut response = Response::new(());
         *response.status_mut() =
             StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
-        Ok(Some(response))
+        Ok(Some((response, head)))
     }
 
-    /// The response with its body reader, which owns the connection from here on.
-    fn into_response(self, head: Response<()>, head_only: bool) -> Result<Response<H1Body>, Error> {
-        let (framing, keep_alive) = framing(&head, head_only)?;
+    /// The response with its body reader, which owns the connection from here on. The head's
+    /// hop-by-hop fields are dropped here.
+    fn into_response(
+        self,
+        (head, mut raw): (Response<()>, RawHead),
+        head_only: bool,
+    ) -> Result<Response<H1Body>, Error> {
+        let (framing, keep_alive) = framing(head.version(), head.status(), &mut raw, head_only)?;
         let body = H1Body {
             state: framing,
             keep_alive,
             conn: Some(self),
+            head: Some(raw),
         };
         Ok(head.map(|()| body))
     }
@@ -319,45 +320,30 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize) {
 }
 
 /// How the response body is delimited, and whether the connection can carry another request.
-fn framing(head: &Response<()>, head_only: bool) -> Result<(State, bool), Error> {
-    let h = head.headers();
-    let mut close = false;
-    let mut keep_alive = false;
-    for token in h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-    {
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    let mut reusable = !close && (head.version() == Version::HTTP_11 || keep_alive);
-    let status = head.status();
+/// The same pass drops the head's hop-by-hop fields.
+fn framing(
+    version: Version,
+    status: StatusCode,
+    head: &mut RawHead,
+    head_only: bool,
+) -> Result<(State, bool), Error> {
+    let facts = head.scan();
+    let mut reusable = !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((State::Done, reusable));
     }
-    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some([v0, v1]) = facts.transfer_encoding {
         // Transfer-Encoding wins over Content-Length; a message with both may be an attempt
         // at smuggling, so the connection is not reused after it.
-        reusable &= !h.contains_key(header::CONTENT_LENGTH);
-        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
+        reusable &= !facts.content_length_seen;
+        let te = &head.bytes[v0 as usize..v1 as usize];
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or(b"");
         if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Ok((State::Chunked(Chunk::Size), reusable));
         }
         return Ok((State::Close, false));
     }
-    let mut length: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            let n = parse_decimal(part).ok_or(Error::Invalid("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("differing content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match facts.content_length.map_err(Error::Invalid)? {
         Some(0) => (State::Done, reusable),
         Some(n) => (State::Length(n), reusable),
         None => (State::Close, false),
@@ -396,15 +382,196 @@ enum Chunk {
     Trailers,
 }
 
+/// A response head as the upstream sent it: the fields to forward, as spans of its bytes.
+///
+/// Forwarding them as they came saves building a `HeaderMap` that would only be written out
+/// again: the own HTTP/1.1 server (`crate::h1server`) writes these fields, minus those the
+/// gateway sets in the response's map, and then the map's. Where a map is needed (hyper's
+/// server, LLM routes), [`RawHead::append_to`] builds it with the same outcome.
+#[derive(Debug, Default)]
+pub struct RawHead {
+    bytes: Bytes,
+    /// (name start, name end, value start, value end) of each field.
+    fields: Vec<[u32; 4]>,
+}
+
+/// What [`framing`] needs from a response head.
+struct Facts {
+    close: bool,
+    keep_alive: bool,
+    /// The value span of the last `Transfer-Encoding` field.
+    transfer_encoding: Option<[u32; 2]>,
+    content_length_seen: bool,
+    /// The declared length, or why it is invalid.
+    content_length: Result<Option<u64>, &'static str>,
+}
+
+/// The fields a proxy reads or drops; the rest are forwarded as they are.
+enum Field {
+    Other,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Other hop-by-hop fields (RFC 9110 §7.6.1), dropped.
+    Hop,
+}
+
+/// Sorts a field name (any case) by length first: most names are none of these.
+fn classify(name: &[u8]) -> Field {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => Field::Hop,
+        7 if is(b"trailer") || is(b"upgrade") => Field::Hop,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::Hop,
+        14 if is(b"content-length") => Field::ContentLength,
+        16 if is(b"proxy-connection") => Field::Hop,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        19 if is(b"proxy-authorization") => Field::Hop,
+        _ => Field::Other,
+    }
+}
+
+impl RawHead {
+    /// The fields, in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|&[n0, n1, v0, v1]| {
+            (
+                &self.bytes[n0 as usize..n1 as usize],
+                &self.bytes[v0 as usize..v1 as usize],
+            )
+        })
+    }
+
+    /// The values of the fields named `name` (lower case), in order.
+    pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// One pass over the fields: what framing needs to know, and the hop-by-hop fields (and
+    /// those `Connection` names) dropped.
+    fn scan(&mut self) -> Facts {
+        let mut facts = Facts {
+            close: false,
+            keep_alive: false,
+            transfer_encoding: None,
+            content_length_seen: false,
+            content_length: Ok(None),
+        };
+        let mut listed = false;
+        let bytes = &self.bytes;
+        self.fields.retain(|&[n0, n1, v0, v1]| {
+            let name = &bytes[n0 as usize..n1 as usize];
+            let value = &bytes[v0 as usize..v1 as usize];
+            match classify(name) {
+                Field::Other => return true,
+                Field::Connection => {
+                    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            facts.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            facts.keep_alive = true;
+                        } else if !token.is_empty() {
+                            listed = true;
+                        }
+                    }
+                }
+                Field::TransferEncoding => facts.transfer_encoding = Some([v0, v1]),
+                Field::ContentLength => {
+                    facts.content_length_seen = true;
+                    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        facts.content_length = match (facts.content_length, parse_decimal(part)) {
+                            (Err(e), _) => Err(e),
+                            (_, None) => Err("invalid content-length"),
+                            (Ok(Some(l)), Some(n)) if l != n => {
+                                Err("differing content-length values")
+                            }
+                            (_, Some(n)) => Ok(Some(n)),
+                        };
+                    }
+                    // End to end: forwarded.
+                    return true;
+                }
+                Field::Hop => {}
+            }
+            false
+        });
+        if listed {
+            self.drop_listed();
+        }
+        facts
+    }
+
+    /// Drops the fields that a `Connection` field names (already dropped itself, so the
+    /// names are read from the original head).
+    fn drop_listed(&mut self) {
+        let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let bytes = &self.bytes;
+        if httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, bytes, &mut fields)
+            .is_err()
+        {
+            return;
+        }
+        let listed: Vec<&[u8]> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        self.fields.retain(|f| {
+            let name = &bytes[f[0] as usize..f[1] as usize];
+            !listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+        });
+    }
+
+    /// Appends the fields to `map`, except those whose name `map` already has (the gateway's
+    /// own, which replace the upstream's).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        let own: Vec<HeaderName> = map.keys().cloned().collect();
+        map.reserve(self.fields.len());
+        for &[n0, n1, v0, v1] in &self.fields {
+            let Ok(name) = HeaderName::from_bytes(&self.bytes[n0 as usize..n1 as usize]) else {
+                continue;
+            };
+            if own.contains(&name) {
+                continue;
+            }
+            if let Ok(value) =
+                HeaderValue::from_maybe_shared(self.bytes.slice(v0 as usize..v1 as usize))
+            {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
 /// A response body read straight from the upstream connection.
 #[derive(Debug)]
 pub struct H1Body {
     state: State,
     keep_alive: bool,
     conn: Option<H1Conn>,
+    /// The response's head, until the downstream side takes it.
+    head: Option<RawHead>,
 }
 
 impl H1Body {
+    /// The response's header fields, as the upstream sent them (hop-by-hop ones excepted).
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
+    /// Takes the response's header fields out (to build a `HeaderMap` from them).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.head.take()
+    }
+
     /// The connection, if the body was read to its end and the connection can carry another
     /// request.
     pub fn take_reusable(&mut self) -> Option<H1Conn> {

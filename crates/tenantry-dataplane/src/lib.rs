@@ -11,6 +11,7 @@ pub mod demo;
 pub mod errors;
 pub mod gateway;
 pub mod h1;
+pub mod h1server;
 pub mod health;
 pub mod lb;
 pub mod linger;

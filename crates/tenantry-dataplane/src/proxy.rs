@@ -26,12 +26,11 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use hyper::body::Incoming;
 use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
 
 use crate::admission::{self, Admission, QuotaKind, Refusal};
-use crate::body::{RespBody, Tap, UpBody};
+use crate::body::{ReqBody, RespBody, Tap, UpBody};
 use crate::errors::ErrorCode;
 use crate::gateway::Gateway;
 use crate::lb::select_backend;
@@ -39,7 +38,7 @@ use crate::llm::{self, UsageScanner};
 use crate::metrics::{Refused, WafOutcome};
 use crate::reqid;
 use crate::table::{Lookup, RouteRt};
-use crate::upstream::{self, Sent, UpstreamError};
+use crate::upstream::{self, Sent, UpstreamBody, UpstreamError};
 use crate::waf::{self, RouteWaf};
 
 /// What the proxy knows about the downstream connection (shared by its requests).
@@ -116,7 +115,7 @@ impl ConnInfo {
 
 /// Request bodies of a declared length up to this are read before they are forwarded (larger
 /// ones, and bodies of unknown length, are streamed).
-const BUFFERED_BODY_MAX: usize = 64 * 1024;
+pub(crate) const BUFFERED_BODY_MAX: usize = 64 * 1024;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -129,7 +128,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
 ) -> Response<RespBody> {
     let start = Instant::now();
     conn.request_started();
@@ -456,7 +455,15 @@ pub async fn handle(
         strip_hop_by_hop(resp.headers_mut(), false);
         tap.conn = upstream_conn;
     }
-    let (mut rparts, rbody) = resp.into_parts();
+    let (mut rparts, mut rbody) = resp.into_parts();
+    // The usage scanner reads the response's `Content-Type`: on LLM routes the upstream's
+    // fields go into the map (elsewhere the inline client's stay raw, see `h1::RawHead`).
+    if prompt_estimate.is_some()
+        && let UpstreamBody::Inline(b) = &mut rbody
+        && let Some(raw) = b.take_raw_head()
+    {
+        raw.append_to(&mut rparts.headers);
+    }
     rparts.version = original_version;
     rparts.headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some((d, r)) = &rate {
@@ -522,7 +529,7 @@ async fn admit_llm(
     route: &RouteRt,
     adm: &Admission,
     headers: &HeaderMap,
-    body: Incoming,
+    body: ReqBody,
     prefix: Option<waf::Prefix>,
 ) -> Result<(Bytes, u64), (Refusal, bool)> {
     let max = gw.settings.max_llm_body_bytes;

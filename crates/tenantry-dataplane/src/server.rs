@@ -18,8 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::RespBody;
+use crate::body::{ReqBody, RespBody};
 use crate::gateway::Gateway;
+use crate::h1server::{self, Prepend, Served};
 use crate::linger::Lingering;
 use crate::proxy::{self, ConnInfo};
 
@@ -140,6 +141,9 @@ pub async fn serve(
     let graceful = Arc::new(GracefulShutdown::new());
     let (accepting_tx, accepting_rx) = watch::channel(true);
     let (finished_tx, finished_rx) = watch::channel(false);
+    // Told to connections served by the own HTTP/1.1 server (`h1server`) at shutdown, as
+    // `graceful` tells hyper's; dropped receivers mark the connections gone.
+    let (closing_tx, closing_rx) = watch::channel(false);
     // Proxy connections: hyper's HTTP/1 header timeout arms a timer for every request (a
     // clock read, an allocation, a timer-wheel insert and removal); the proxy's idle watchdog
     // (`serve_proxy`) gives the same protection with one timer per connection. The admin
@@ -178,11 +182,14 @@ pub async fn serve(
         if let Some(l) = &listeners.tls {
             own.push((l.try_clone()?, Kind::Proxy { tls: true }));
         }
-        let (gw, builder, tls, graceful) = (
+        let (gw, builder, tls, stop) = (
             Arc::clone(&gw),
             Arc::clone(&builder),
             tls.clone(),
-            Arc::clone(&graceful),
+            Shutdown {
+                graceful: Arc::clone(&graceful),
+                closing: closing_rx.clone(),
+            },
         );
         let (accepting, mut finished) = (accepting_rx.clone(), finished_rx.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -203,13 +210,13 @@ pub async fn serve(
                                 Arc::clone(&gw),
                                 Arc::clone(&builder),
                                 tls.clone(),
-                                Arc::clone(&graceful),
+                                stop.clone(),
                                 accepting.clone(),
                             ))),
                             Err(e) => tracing::error!(error = %e, "cannot register a listener"),
                         }
                     }
-                    drop(graceful);
+                    drop(stop);
                     for l in loops {
                         let _ = l.await;
                     }
@@ -232,11 +239,15 @@ pub async fn serve(
             Arc::clone(&gw),
             Arc::new(admin_builder),
             None,
-            Arc::clone(&graceful),
+            Shutdown {
+                graceful: Arc::clone(&graceful),
+                closing: closing_rx.clone(),
+            },
             accepting_rx.clone(),
         ))),
         None => None,
     };
+    drop(closing_rx);
 
     // Wait for a stop request.
     let mode = loop {
@@ -269,14 +280,16 @@ pub async fn serve(
     if let Some(l) = admin_loop {
         let _ = l.await;
     }
-    let open = graceful.count();
+    let open = graceful.count() + closing_tx.receiver_count();
     tracing::info!(connections = open, grace = ?gw.settings.grace, "closing connections");
+    let _ = closing_tx.send(true);
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => {
-            if tokio::time::timeout(gw.settings.grace, graceful.shutdown())
-                .await
-                .is_err()
-            {
+            let all = async {
+                graceful.shutdown().await;
+                closing_tx.closed().await;
+            };
+            if tokio::time::timeout(gw.settings.grace, all).await.is_err() {
                 tracing::warn!("grace period over; closing the remaining connections");
             }
         }
@@ -289,13 +302,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// What tells connections that the server shuts down: hyper's through `graceful`, the own
+/// HTTP/1.1 server's through `closing`.
+#[derive(Clone)]
+struct Shutdown {
+    graceful: Arc<GracefulShutdown>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// One connection's part of both.
+    fn watch(&self) -> (Watcher, watch::Receiver<bool>) {
+        (self.graceful.watcher(), self.closing.clone())
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     kind: Kind,
     gw: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
-    graceful: Arc<GracefulShutdown>,
+    stop: Shutdown,
     mut accepting: watch::Receiver<bool>,
 ) {
     loop {
@@ -321,14 +349,14 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);
         let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let watch = stop.watch();
         let tls = tls.clone();
         tokio::spawn(async move {
             gw.metrics
                 .global
                 .connections
                 .fetch_add(1, Ordering::Relaxed);
-            serve_connection(stream, peer, kind, &gw, &builder, tls, watcher).await;
+            serve_connection(stream, peer, kind, &gw, &builder, tls, watch).await;
             gw.metrics
                 .global
                 .connections
@@ -344,7 +372,7 @@ async fn serve_connection(
     gw: &Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    watcher: Watcher,
+    (watcher, closing): (Watcher, watch::Receiver<bool>),
 ) {
     let local = stream
         .local_addr()
@@ -363,11 +391,12 @@ async fn serve_connection(
         }
         Kind::Proxy { tls: false } => {
             serve_proxy(
-                TokioIo::new(Lingering::new(stream)),
+                Lingering::new(stream),
                 ConnInfo::new(peer, false).with_local(local),
                 gw,
                 builder,
                 watcher,
+                Some(closing),
             )
             .await
         }
@@ -386,12 +415,15 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
+            // HTTP/2 (chosen by ALPN) is hyper's; HTTP/1.1 starts on the own server.
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             serve_proxy(
-                TokioIo::new(stream),
+                stream,
                 ConnInfo::new(peer, true).with_local(local),
                 gw,
                 builder,
                 watcher,
+                (!h2).then_some(closing),
             )
             .await
         }
@@ -401,13 +433,16 @@ async fn serve_connection(
     }
 }
 
-/// Serves proxied HTTP (1.1 with upgrades, or 2) on a plain or TLS stream.
+/// Serves proxied HTTP (1.1 with upgrades, or 2) on a plain or TLS stream. With `h1` (the
+/// shutdown signal), the connection starts on the own HTTP/1.1 server and moves to hyper's at
+/// the first request that server leaves to hyper; without, hyper serves it all.
 async fn serve_proxy<I>(
-    io: TokioIo<I>,
+    io: I,
     conn: ConnInfo,
     gw: &Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    h1: Option<watch::Receiver<bool>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -416,12 +451,40 @@ where
     let gw = Arc::clone(gw);
     let conn = Arc::new(conn);
     let info = Arc::clone(&conn);
-    let svc = service_fn(move |req| {
-        let gw = Arc::clone(&gw);
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(proxy::handle(gw, conn, req).await) }
-    });
-    let serving = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+    let limits = h1server::Limits {
+        max_head: gw.settings.max_header_bytes.max(8192),
+        max_body: proxy::BUFFERED_BODY_MAX,
+    };
+    let serving = async move {
+        let io = match h1 {
+            Some(closing) => {
+                let handle = |req| proxy::handle(Arc::clone(&gw), Arc::clone(&conn), req);
+                match h1server::serve(io, limits, closing, handle).await? {
+                    Served::Closed => return Ok(()),
+                    Served::Fallback(io) => io,
+                }
+            }
+            None => Prepend::new(bytes::Bytes::new(), io),
+        };
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let gw = Arc::clone(&gw);
+            let conn = Arc::clone(&conn);
+            async move {
+                let resp = proxy::handle(gw, conn, req.map(ReqBody::Hyper)).await;
+                // hyper writes one map: the upstream's raw fields join the gateway's.
+                let (mut parts, mut body) = resp.into_parts();
+                body.merge_raw_head(&mut parts.headers);
+                Ok::<_, Infallible>(Response::from_parts(parts, body))
+            }
+        });
+        watcher
+            .watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                    .into_owned(),
+            )
+            .await
+    };
     tokio::pin!(serving);
     // The idle watchdog: a connection with nothing in flight that completes no request head
     // for two checks in a row (`limits.header_timeout` to 1.5 times that) is closed. That

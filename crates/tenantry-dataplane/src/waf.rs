@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tenantry_config::{WafLargeBody, WafSettings, WafUnavailable};
 use tenantry_domain::{EffectiveWaf, Route, Tenant, WafLevel, WafMode};
 use tenantry_waf::{Action, Inspection, RuleSet, RulesKey, Verdict, Waf, WafError};
 
+use crate::body::ReqBody;
 use crate::errors::ErrorCode;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -138,7 +139,7 @@ pub(crate) struct Prefix {
 
 /// Reads up to `max` bytes of the body (all of it when shorter). `Err` when the client's
 /// body failed.
-pub(crate) async fn read_prefix(body: &mut Incoming, max: usize) -> Result<Prefix, hyper::Error> {
+pub(crate) async fn read_prefix(body: &mut ReqBody, max: usize) -> Result<Prefix, hyper::Error> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {

@@ -119,8 +119,8 @@ async fn length_delimited_responses_reuse_the_connection() {
     let conn = connect(addr).await;
     let mut resp = conn.send(&get("/a?b=1"), b"", false).await.expect("first");
     assert_eq!(resp.status(), StatusCode::OK);
-    let values: Vec<_> = resp.headers().get_all("x-a").iter().collect();
-    assert_eq!(values, ["1", "2"]);
+    let values: Vec<_> = resp.body().raw_head().unwrap().get_all(b"x-a").collect();
+    assert_eq!(values, [b"1".as_slice(), b"2"]);
     let (data, _) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"hello");
     let conn = resp.body_mut().take_reusable().expect("reusable");
@@ -173,6 +173,40 @@ async fn request_framing_headers_are_replaced_by_the_real_length() {
     assert!(String::from_utf8_lossy(&seen[0]).ends_with("content-length: 0\r\n\r\n"));
     assert!(seen[1].ends_with(&big));
     assert!(String::from_utf8_lossy(&seen[1]).contains("content-length: 65537\r\n\r\n"));
+}
+
+/// The head is kept as it came, minus the hop-by-hop fields and those `Connection` names;
+/// a map built from it leaves out the names the gateway has set.
+#[tokio::test]
+async fn raw_heads_drop_hop_by_hop_fields_and_yield_to_the_gateways_own() {
+    let (addr, _origin) = origin(vec![vec![
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTrailer: x\r\nProxy-Connection: x\r\nX-Kept: a\r\nX-Request-Id: theirs\r\nContent-Length: 2\r\nupgrade: h2c\r\nX-Kept: b\r\n\r\nok",
+    ]])
+    .await;
+    let mut resp = fetch(addr).await;
+    let raw = resp.body().raw_head().expect("raw head");
+    let names: Vec<&[u8]> = raw.iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            b"X-Kept".as_slice(),
+            b"X-Request-Id",
+            b"Content-Length",
+            b"X-Kept"
+        ]
+    );
+    let mut map = HeaderMap::new();
+    map.insert("x-request-id", http::HeaderValue::from_static("ours"));
+    resp.body_mut()
+        .take_raw_head()
+        .expect("raw head")
+        .append_to(&mut map);
+    assert_eq!(map["x-request-id"], "ours");
+    assert_eq!(map.get_all("x-kept").iter().count(), 2);
+    assert_eq!(map["content-length"], "2");
+    let (data, _) = collect(resp.body_mut()).await.expect("body");
+    assert_eq!(data, b"ok");
+    assert!(resp.body_mut().take_reusable().is_some());
 }
 
 #[tokio::test]
@@ -259,7 +293,14 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
     .await;
     let mut resp = fetch(addr).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers().get("link").is_none());
+    assert!(
+        resp.body()
+            .raw_head()
+            .unwrap()
+            .get_all(b"link")
+            .next()
+            .is_none()
+    );
     let (data, _) = collect(resp.body_mut()).await.expect("body");
     assert_eq!(data, b"x");
     let conn = resp.body_mut().take_reusable().expect("reusable");
@@ -267,7 +308,9 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
         .send(&request(Method::HEAD, "/"), b"", true)
         .await
         .expect("HEAD");
-    assert_eq!(resp.headers()["content-length"], "1000");
+    let mut map = HeaderMap::new();
+    resp.body_mut().take_raw_head().unwrap().append_to(&mut map);
+    assert_eq!(map["content-length"], "1000");
     assert!(resp.body().is_end_stream());
     assert!(resp.body_mut().take_reusable().is_some());
 }
