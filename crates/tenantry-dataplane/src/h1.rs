@@ -350,7 +350,8 @@ fn framing(
     })
 }
 
-fn parse_decimal(b: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: ASCII digits only, at most 19 of them.
+pub(crate) fn parse_decimal(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::watch;
 
 use crate::body::{ReqBody, RespBody};
+use crate::h1::parse_decimal;
 
 /// Most header fields in a request head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -283,16 +284,6 @@ fn build(
         content_length: content_length.unwrap_or(0),
         keep_alive,
         head_only,
-    })
-}
-
-/// A `Content-Length` value: ASCII digits only, at most 19 of them.
-fn parse_decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 {
-        return None;
-    }
-    b.iter().try_fold(0u64, |n, &c| {
-        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
     })
 }
 
