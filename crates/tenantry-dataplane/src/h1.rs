@@ -31,6 +31,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::forward::Forwarding;
+
 /// Most header fields accepted in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// Largest response head (status line and header fields).
@@ -112,16 +114,18 @@ impl H1Conn {
         matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends a request (its head from `parts`, `body` as its whole body) and reads the response
-    /// head. `reused` says the connection came from the pool (see [`Failed::retry`]).
+    /// Sends a request (its head from `parts`, with this hop's `forwarding` fields if given,
+    /// `body` as its whole body) and reads the response head. `reused` says the connection
+    /// came from the pool (see [`Failed::retry`]).
     pub async fn send(
         mut self,
         parts: &Parts,
+        forwarding: Option<&Forwarding<'_>>,
         body: &[u8],
         reused: bool,
     ) -> Result<Response<H1Body>, Failed> {
         let idempotent = parts.method.is_idempotent();
-        encode_head(&mut self.out, parts, body.len());
+        encode_head(&mut self.out, parts, forwarding, body.len());
         let written = if body.len() <= COALESCE_BODY {
             self.out.extend_from_slice(body);
             self.io.write_all(&self.out).await
@@ -287,10 +291,16 @@ fn fail(error: Error) -> Failed {
     }
 }
 
-/// Writes the request line and header fields. The body's length is always declared with
-/// `content-length` (the request's own framing headers were hop-by-hop and are gone);
-/// an empty body only when the request declared one or its method usually has a body.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize) {
+/// Writes the request line and header fields, with the `forwarding` fields if given. The
+/// body's length is always declared with `content-length` (the request's own framing headers
+/// were hop-by-hop and are gone); an empty body only when the request declared one or its
+/// method usually has a body.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    forwarding: Option<&Forwarding<'_>>,
+    body_len: usize,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -299,17 +309,23 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize) {
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut declared = false;
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
-            declared = true;
-            continue;
+    let declared = match forwarding {
+        Some(f) => f.write_fields(out, &parts.headers),
+        None => {
+            let mut declared = false;
+            for (name, value) in &parts.headers {
+                if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+                    declared = true;
+                    continue;
+                }
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            declared
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    };
     let usually_has_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_len > 0 || declared || usually_has_body {
         out.extend_from_slice(b"content-length: ");

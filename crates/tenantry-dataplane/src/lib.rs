@@ -9,6 +9,7 @@ pub mod admission;
 pub mod body;
 pub mod demo;
 pub mod errors;
+pub mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod h1server;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -32,6 +32,7 @@ use tenantry_limits::{Decision, Rate};
 use crate::admission::{self, Admission, QuotaKind, Refusal};
 use crate::body::{ReqBody, RespBody, Tap, UpBody};
 use crate::errors::ErrorCode;
+use crate::forward::Forwarding;
 use crate::gateway::Gateway;
 use crate::lb::select_backend;
 use crate::llm::{self, UsageScanner};
@@ -51,13 +52,9 @@ pub struct ConnInfo {
     /// The address the connection arrived on (the WAF's `SERVER_ADDR`).
     pub local: SocketAddr,
     /// The client IP as a header value, made once per connection for `X-Forwarded-For`.
-    client_ip: HeaderValue,
+    pub(crate) client_ip: HeaderValue,
     /// `for=…;proto=…` of the RFC 7239 `Forwarded` element, made once per connection.
-    forwarded: Box<str>,
-    /// The last `Host` seen on this connection and this hop's whole `Forwarded` element for
-    /// it: keep-alive clients send the same host every time, so the element is formatted and
-    /// validated once, not per request.
-    forwarded_for_host: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+    pub(crate) forwarded: Box<str>,
     /// Request heads received so far: the idle watchdog's sign of progress.
     heads: AtomicU32,
     /// Requests whose response has not ended yet.
@@ -81,7 +78,6 @@ impl ConnInfo {
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
             client_ip,
             forwarded,
-            forwarded_for_host: std::sync::Mutex::new(None),
             heads: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
         }
@@ -118,9 +114,6 @@ impl ConnInfo {
 pub(crate) const BUFFERED_BODY_MAX: usize = 64 * 1024;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -289,13 +282,7 @@ pub async fn handle(
     let upgrade = wants_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, mut body) = req.into_parts();
-    rewrite_request_headers(
-        &mut parts.headers,
-        &conn,
-        host_value.as_ref(),
-        &request_id,
-        upgrade,
-    );
+    strip_request_headers(&mut parts.headers, upgrade);
     let original_version = parts.version;
     parts.version = Version::HTTP_11;
     // Origin-form: the upstream gets the path and query; the original Host header is kept.
@@ -354,6 +341,16 @@ pub async fn handle(
         other => other,
     };
     let mut up_req = Request::from_parts(parts, up_body);
+    let forwarding = Forwarding {
+        conn: &conn,
+        host: host_value.as_ref(),
+        request_id: &request_id,
+    };
+    // The inline client writes the forwarding fields into the head it encodes; hyper's client
+    // sends the map, so they go in the map.
+    if !upstream::inline_capable(&up_req, upgrade) {
+        forwarding.apply(up_req.headers_mut());
+    }
     let mut backend = first;
     let mut retried = false;
     let result = loop {
@@ -368,6 +365,7 @@ pub async fn handle(
                 &gw.settings.upstream,
                 up_req,
                 upgrade,
+                &forwarding,
             ),
         )
         .await;
@@ -785,96 +783,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Phase 4's header rewrite: hop-by-hop removal, original Host kept, forwarding headers set.
-fn rewrite_request_headers(
-    h: &mut HeaderMap,
-    conn: &ConnInfo,
-    host: Option<&HeaderValue>,
-    request_id: &HeaderValue,
-    upgrade: bool,
-) {
+/// Phase 4's header cleanup: hop-by-hop fields removed (an upgrade keeps `Upgrade` and says
+/// `Connection: upgrade`). The forwarding fields are added by [`Forwarding`] as the request is
+/// sent.
+fn strip_request_headers(h: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(h, upgrade);
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    append_to_list(h, &X_FORWARDED_FOR, conn.client_ip.clone());
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    let host = match h.entry(header::HOST) {
-        Entry::Occupied(e) => Some(e.get().clone()),
-        Entry::Vacant(e) => host.map(|v| e.insert(v.clone()).clone()),
-    };
-    if let Some(v) = host {
-        forwarded_element(h, conn, &v);
-        h.insert(X_FORWARDED_HOST.clone(), v);
-    }
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
-}
-
-/// Appends this hop to `Forwarded` (RFC 7239): `for=<client>;proto=<scheme>;host=<host>`,
-/// the host quoted when it is not a token (a port's `:`).
-fn forwarded_element(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
-    let element = {
-        let mut cached = conn
-            .forwarded_for_host
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*cached {
-            Some((h, e)) if h == host => Some(e.clone()),
-            _ => {
-                let e = forwarded_element_for(conn, host);
-                if let Some(e) = &e {
-                    *cached = Some((host.clone(), e.clone()));
-                }
-                e
-            }
-        }
-    };
-    let Some(element) = element else { return };
-    append_to_list(h, &header::FORWARDED, element);
-}
-
-/// Appends this hop's `element` to the comma-separated list in field `name`, or sets it. One
-/// hash and probe (`entry`, not `get` then `insert`). A previous value that is not text is
-/// replaced, not extended.
-fn append_to_list(h: &mut HeaderMap, name: &HeaderName, element: HeaderValue) {
-    match h.entry(name) {
-        Entry::Occupied(mut e) => match e.get().to_str() {
-            Ok(prev) => {
-                let joined = format!("{prev}, {}", element.to_str().unwrap_or(""));
-                if let Ok(v) = HeaderValue::from_str(&joined) {
-                    e.insert(v);
-                }
-            }
-            Err(_) => {
-                e.insert(element);
-            }
-        },
-        Entry::Vacant(e) => {
-            e.insert(element);
-        }
-    }
-}
-
-/// This hop's `Forwarded` element for `host`, or `None` if it cannot be a header value.
-fn forwarded_element_for(conn: &ConnInfo, host: &HeaderValue) -> Option<HeaderValue> {
-    let host = host.to_str().ok()?;
-    let token = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-    let element = if token {
-        format!("{};host={host}", conn.forwarded)
-    } else {
-        format!(
-            "{};host=\"{}\"",
-            conn.forwarded,
-            host.replace(['"', '\\'], "")
-        )
-    };
-    HeaderValue::from_str(&element).ok()
 }
 
 async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
@@ -967,52 +883,5 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
-    }
-
-    #[test]
-    fn sets_forwarding_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::HOST,
-            HeaderValue::from_static("acme.localhost:8080"),
-        );
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let conn = ConnInfo::new("10.0.0.9:5000".parse().unwrap(), true);
-        rewrite_request_headers(
-            &mut h,
-            &conn,
-            Some(&HeaderValue::from_static("acme.localhost:8080")),
-            &HeaderValue::from_static("rid"),
-            false,
-        );
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "acme.localhost:8080");
-        assert_eq!(
-            h["forwarded"],
-            "for=10.0.0.9;proto=https;host=\"acme.localhost:8080\""
-        );
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("acme.localhost"));
-        h.insert(header::FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
-        let v6 = ConnInfo::new("[2001:db8::1]:5000".parse().unwrap(), false);
-        rewrite_request_headers(&mut h, &v6, None, &HeaderValue::from_static("rid"), false);
-        assert_eq!(
-            h["forwarded"],
-            "for=192.0.2.1, for=\"[2001:db8::1]\";proto=http;host=acme.localhost"
-        );
-        assert_eq!(h["x-request-id"], "rid");
-
-        // The element is cached per connection: the same host reuses it, another host on the
-        // same connection gets its own.
-        for host in ["a.localhost", "a.localhost", "b.localhost", "a.localhost"] {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, HeaderValue::from_static(host));
-            rewrite_request_headers(&mut h, &v6, None, &HeaderValue::from_static("r"), false);
-            assert_eq!(
-                h["forwarded"],
-                format!("for=\"[2001:db8::1]\";proto=http;host={host}").as_str()
-            );
-        }
     }
 }

@@ -25,6 +25,7 @@ use tenantry_domain::BackendAddr;
 use tokio::net::TcpStream;
 
 use crate::body::UpBody;
+use crate::forward::Forwarding;
 use crate::h1::{self, H1Body, H1Conn};
 
 /// A connection ready for the next request.
@@ -177,9 +178,10 @@ pub async fn send(
     settings: &UpstreamSettings,
     req: Request<UpBody>,
     upgrade: bool,
+    forwarding: &Forwarding<'_>,
 ) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
     if inline_capable(&req, upgrade) {
-        send_inline(pool, addr, settings, req).await
+        send_inline(pool, addr, settings, req, forwarding).await
     } else {
         send_hyper(pool, addr, settings, req).await
     }
@@ -190,6 +192,7 @@ async fn send_inline(
     addr: &BackendAddr,
     settings: &UpstreamSettings,
     req: Request<UpBody>,
+    forwarding: &Forwarding<'_>,
 ) -> Result<Sent, (UpstreamError, Option<Request<UpBody>>)> {
     let (parts, body) = req.into_parts();
     let bytes: &[u8] = match &body {
@@ -203,7 +206,7 @@ async fn send_inline(
         if !idempotent && !conn.probe() {
             continue;
         }
-        match conn.send(&parts, bytes, true).await {
+        match conn.send(&parts, Some(forwarding), bytes, true).await {
             Ok(response) => return Ok(inline_sent(response)),
             Err(f) if f.retry => {
                 tracing::debug!(error = %f.error, backend = %addr, "pooled upstream connection was closed; trying another");
@@ -220,7 +223,10 @@ async fn send_inline(
             ));
         }
     };
-    match H1Conn::new(stream).send(&parts, bytes, false).await {
+    match H1Conn::new(stream)
+        .send(&parts, Some(forwarding), bytes, false)
+        .await
+    {
         Ok(response) => Ok(inline_sent(response)),
         Err(f) => Err((UpstreamError::Inline(f.error), None)),
     }

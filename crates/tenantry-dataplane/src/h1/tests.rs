@@ -99,7 +99,7 @@ async fn connect(addr: SocketAddr) -> H1Conn {
 async fn fetch(addr: SocketAddr) -> http::Response<H1Body> {
     connect(addr)
         .await
-        .send(&get("/"), b"", false)
+        .send(&get("/"), None, b"", false)
         .await
         .expect("response head")
 }
@@ -117,7 +117,10 @@ async fn length_delimited_responses_reuse_the_connection() {
     ])
     .await;
     let conn = connect(addr).await;
-    let mut resp = conn.send(&get("/a?b=1"), b"", false).await.expect("first");
+    let mut resp = conn
+        .send(&get("/a?b=1"), None, b"", false)
+        .await
+        .expect("first");
     assert_eq!(resp.status(), StatusCode::OK);
     let values: Vec<_> = resp.body().raw_head().unwrap().get_all(b"x-a").collect();
     assert_eq!(values, [b"1".as_slice(), b"2"]);
@@ -126,7 +129,10 @@ async fn length_delimited_responses_reuse_the_connection() {
     let conn = resp.body_mut().take_reusable().expect("reusable");
 
     let parts = request(Method::POST, "/submit");
-    let mut resp = conn.send(&parts, b"{\"a\":1}", true).await.expect("second");
+    let mut resp = conn
+        .send(&parts, None, b"{\"a\":1}", true)
+        .await
+        .expect("second");
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(resp.body().size_hint().exact(), Some(6));
     let (data, _) = collect(resp.body_mut()).await.expect("body");
@@ -158,7 +164,7 @@ async fn request_framing_headers_are_replaced_by_the_real_length() {
         .insert("content-length", "0".parse().expect("value"));
     let mut resp = connect(addr)
         .await
-        .send(&parts, b"", false)
+        .send(&parts, None, b"", false)
         .await
         .expect("GET");
     assert!(resp.body().is_end_stream());
@@ -166,7 +172,7 @@ async fn request_framing_headers_are_replaced_by_the_real_length() {
     // A large body is written after the head, not copied behind it.
     let big = vec![b'x'; super::COALESCE_BODY + 1];
     let parts = request(Method::PUT, "/big");
-    let mut resp = conn.send(&parts, &big, true).await.expect("PUT");
+    let mut resp = conn.send(&parts, None, &big, true).await.expect("PUT");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(resp.body_mut().take_reusable().is_some());
     let seen = seen.await.expect("origin");
@@ -305,7 +311,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
     assert_eq!(data, b"x");
     let conn = resp.body_mut().take_reusable().expect("reusable");
     let mut resp = conn
-        .send(&request(Method::HEAD, "/"), b"", true)
+        .send(&request(Method::HEAD, "/"), None, b"", true)
         .await
         .expect("HEAD");
     let mut map = HeaderMap::new();
@@ -335,7 +341,7 @@ async fn malformed_responses_are_errors() {
         let (addr, _seen) = origin(vec![vec![reply]]).await;
         let failed = connect(addr)
             .await
-            .send(&get("/"), b"", true)
+            .send(&get("/"), None, b"", true)
             .await
             .expect_err("malformed");
         assert!(!failed.retry, "{reply:?}");
@@ -358,7 +364,7 @@ async fn too_many_header_fields_are_refused() {
     let (addr, _seen) = origin(vec![vec![reply]]).await;
     let failed = connect(addr)
         .await
-        .send(&get("/"), b"", false)
+        .send(&get("/"), None, b"", false)
         .await
         .expect_err("too many");
     assert!(
@@ -401,7 +407,7 @@ async fn a_pooled_connection_closed_while_idle_can_be_retried() {
     let (addr, seen) = origin(vec![vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]]).await;
     let mut resp = connect(addr)
         .await
-        .send(&get("/"), b"", false)
+        .send(&get("/"), None, b"", false)
         .await
         .expect("first");
     let conn = resp.body_mut().take_reusable().expect("reusable");
@@ -410,7 +416,7 @@ async fn a_pooled_connection_closed_while_idle_can_be_retried() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(!conn.probe(), "a closed connection fails the probe");
     let failed = conn
-        .send(&get("/again"), b"", true)
+        .send(&get("/again"), None, b"", true)
         .await
         .expect_err("closed");
     assert!(failed.retry, "{:?}", failed.error);
@@ -431,13 +437,13 @@ async fn non_idempotent_requests_are_not_retried_after_being_written() {
     });
     let mut resp = connect(addr)
         .await
-        .send(&get("/"), b"", false)
+        .send(&get("/"), None, b"", false)
         .await
         .expect("first");
     let conn = resp.body_mut().take_reusable().expect("reusable");
     assert!(conn.probe(), "an open idle connection passes the probe");
     let failed = conn
-        .send(&request(Method::POST, "/pay"), b"{}", true)
+        .send(&request(Method::POST, "/pay"), None, b"{}", true)
         .await
         .expect_err("closed");
     assert!(!failed.retry);
