@@ -44,6 +44,11 @@ pub const ADMISSION_REFUSED: &str = "tenantry_admission_refused_total";
 pub const RATELIMIT_BACKEND_ERRORS: &str = "tenantry_ratelimit_backend_errors_total";
 /// 1 while the rate-limit backend answers (always 1 in process).
 pub const RATELIMIT_BACKEND_UP: &str = "tenantry_ratelimit_backend_up";
+/// Calls made to the rate-limit backend (Redis); a batch of decisions is one call.
+pub const RATELIMIT_BACKEND_CALLS: &str = "tenantry_ratelimit_backend_calls_total";
+/// Rate-limit decisions by where they were taken (`source` = `local` | `shared` |
+/// `fallback_local` | `fail_open` | `fail_closed`).
+pub const RATELIMIT_DECISIONS: &str = "tenantry_ratelimit_decisions_total";
 /// Quota thresholds crossed (`quota`, `percent` = 80 | 100).
 pub const QUOTA_EVENTS: &str = "tenantry_quota_events_total";
 
@@ -182,6 +187,11 @@ pub struct GlobalMetrics {
     pub ratelimit_backend_errors: AtomicU64,
     /// Whether the rate-limit backend answers (copied from the limiter when rendering).
     pub ratelimit_backend_up: AtomicU64,
+    /// Rate-limit backend calls (copied from the limiter when rendering).
+    pub ratelimit_backend_calls: AtomicU64,
+    /// Rate-limit decisions by source, as `tenantry_limits::Source::ALL` (copied from the
+    /// limiter when rendering).
+    pub ratelimit_decisions: [AtomicU64; 5],
     /// Quota events: tokens 80/100, bandwidth 80/100.
     pub quota_events: [AtomicU64; 4],
 }
@@ -475,9 +485,32 @@ impl MetricsRegistry {
                 "1 while the rate-limit backend answers.",
                 g.ratelimit_backend_up.load(Ordering::Relaxed),
             ),
+            (
+                RATELIMIT_BACKEND_CALLS,
+                "counter",
+                "Calls to the rate-limit backend (Redis); concurrent decisions share one.",
+                g.ratelimit_backend_calls.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
+        }
+        header(
+            &mut out,
+            RATELIMIT_DECISIONS,
+            "counter",
+            "Rate-limit decisions by where they were taken.",
+        );
+        for (source, n) in tenantry_limits::Source::ALL
+            .iter()
+            .zip(&g.ratelimit_decisions)
+        {
+            let _ = writeln!(
+                out,
+                "{RATELIMIT_DECISIONS}{{source=\"{}\"}} {}",
+                source.as_str(),
+                n.load(Ordering::Relaxed)
+            );
         }
         header(
             &mut out,

@@ -563,6 +563,11 @@ async fn admin(
                     .store(gw.limiter.backend_errors(), Ordering::Relaxed);
                 g.ratelimit_backend_up
                     .store(u64::from(gw.limiter.backend_up()), Ordering::Relaxed);
+                g.ratelimit_backend_calls
+                    .store(gw.limiter.backend_calls(), Ordering::Relaxed);
+                for (slot, (_, n)) in g.ratelimit_decisions.iter().zip(gw.limiter.decisions()) {
+                    slot.store(n, Ordering::Relaxed);
+                }
                 gw.metrics.render(&table)
             })
         }

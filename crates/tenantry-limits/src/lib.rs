@@ -6,14 +6,16 @@
 //!   synchronous under the hood (a sharded `Mutex<HashMap>`, no allocation for a known key,
 //!   well under a microsecond), time comes from a monotonic clock ([`std::time::Instant`]).
 //! - **Redis** ([`Limiter::redis`]): the counters live in Redis and are shared by every gateway
-//!   node, so a limit holds for the sum of all nodes. Every decision is **one** `EVALSHA` of a
+//!   node, so a limit holds for the sum of all nodes. Every decision is taken by a
 //!   Lua script (one round trip, atomic): the script reads the shared state, decides, and
 //!   writes only when the request is allowed (rejected requests are not counted), setting the
 //!   key's expiry in the same call (never `INCR` then `EXPIRE`). Time is the Redis server's
 //!   `TIME`, read inside the script, so clock skew between gateway nodes does not matter.
-//!   Nothing is cached locally: every decision reads the shared counter. Every script
-//!   touches a single key, but the connection is to one Redis server (a primary, or a proxy in
-//!   front of one), not to a Redis Cluster.
+//!   Nothing is cached locally: every decision reads the shared counter. On a worker's
+//!   single-threaded runtime, decisions asked for at the same time share one call of the script
+//!   with several keys (`batch.rs`), each still decided atomically and in order. Scripts may
+//!   therefore touch several keys: the connection is to one Redis server (a primary, or a
+//!   proxy in front of one), not to a Redis Cluster.
 //!
 //! # Rate limiting: GCRA
 //!
@@ -71,11 +73,12 @@
 //! Counters ([`Limiter::add`]) fall back to the in-process counter whatever `on_error` says:
 //! they never fail.
 
+mod batch;
 mod local;
 mod shared;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use local::{Clock, LocalStore, Outcome, Params};
@@ -160,6 +163,15 @@ impl Source {
             Source::FailClosed => "fail_closed",
         }
     }
+
+    /// Every source, in declaration order.
+    pub const ALL: [Source; 5] = [
+        Source::Local,
+        Source::Shared,
+        Source::FallbackLocal,
+        Source::FailOpen,
+        Source::FailClosed,
+    ];
 }
 
 /// One rate-limit decision.
@@ -310,6 +322,8 @@ pub(crate) struct Inner {
     local: LocalStore,
     nodes: AtomicU32,
     pub(crate) redis: Option<RedisBackend>,
+    /// Decisions so far, by [`Source`] (indexed as [`Source::ALL`]).
+    decisions: [AtomicU64; 5],
 }
 
 /// The limiter: cheap to clone (an `Arc` inside), `Send + Sync`.
@@ -341,6 +355,7 @@ impl Limiter {
             local: LocalStore::new(),
             nodes: AtomicU32::new(1),
             redis,
+            decisions: Default::default(),
         })
     }
 
@@ -387,6 +402,12 @@ impl Limiter {
         self.inner.redis.as_ref().map_or(0, RedisBackend::errors)
     }
 
+    /// Redis calls made so far (decisions and counters; a batch of decisions is one call).
+    /// Always 0 for the local kind.
+    pub fn backend_calls(&self) -> u64 {
+        self.inner.redis.as_ref().map_or(0, RedisBackend::calls)
+    }
+
     /// Number of gateway nodes sharing the limits (default 1; 0 counts as 1). While Redis is
     /// down with [`OnBackendError::Local`], each node enforces `rate / nodes` locally (see
     /// [`Rate::node_share`]).
@@ -408,13 +429,25 @@ impl Limiter {
 
     /// One rate-limit decision for `key`, cost 1.
     ///
-    /// Local: the in-process GCRA. Redis: one `EVALSHA` of the GCRA script (the key expires
-    /// when the bucket would be full again). On a Redis error or timeout the error is counted
+    /// Local: the in-process GCRA. Redis: the GCRA script (the key expires when the bucket
+    /// would be full again), in one `EVALSHA` shared with the decisions this thread asks for at
+    /// the same time. On a Redis error or timeout the error is counted
     /// and logged, and [`RedisOptions::on_error`] decides (see the [crate docs](crate)).
     ///
     /// A rate with `per_period == 0` denies without touching any backend: `allowed: false`,
     /// `limit: 0`, `retry_after` = the period (at least 1 s), [`Source::Local`].
     pub async fn check(&self, key: &str, rate: Rate) -> Decision {
+        let d = self.decide(key, rate).await;
+        self.inner.decisions[d.source as usize].fetch_add(1, Ordering::Relaxed);
+        d
+    }
+
+    /// Decisions so far by where they were taken (every [`Limiter::check`] counts once).
+    pub fn decisions(&self) -> [(Source, u64); 5] {
+        Source::ALL.map(|s| (s, self.inner.decisions[s as usize].load(Ordering::Relaxed)))
+    }
+
+    async fn decide(&self, key: &str, rate: Rate) -> Decision {
         let inner = &*self.inner;
         let Some(backend) = inner.redis.as_ref() else {
             return self.check_local(key, rate, Source::Local);
@@ -422,22 +455,28 @@ impl Limiter {
         let Some(p) = shared::params_us(rate) else {
             return Decision::deny_all(rate);
         };
-        let reply = backend
-            .call(&inner.clock, |mut conn| {
-                let mut inv = backend.gcra.prepare_invoke();
-                inv.key(key).arg(p.t).arg(p.tau);
-                async move { inv.invoke_async::<(i64, i64, i64, i64)>(&mut conn).await }
-            })
-            .await;
-        match reply {
-            Ok(r) => Decision::from_outcome(
-                shared::outcome_from_reply(r),
-                rate.per_period,
-                Duration::from_micros,
-                Source::Shared,
-            ),
-            Err(()) => self.fallback(key, rate, backend.opts.on_error),
+        let outcome = match batch::enqueue(self, backend, key, p) {
+            Some(rx) => rx.await.ok().flatten(),
+            None => backend
+                .call(&inner.clock, |mut conn| {
+                    let mut inv = backend.gcra.prepare_invoke();
+                    inv.arg("").key(key).arg(p.t).arg(p.tau);
+                    async move { inv.invoke_async::<(i64, i64, i64, i64)>(&mut conn).await }
+                })
+                .await
+                .ok()
+                .map(shared::outcome_from_reply),
+        };
+        match outcome {
+            Some(o) => {
+                Decision::from_outcome(o, rate.per_period, Duration::from_micros, Source::Shared)
+            }
+            None => self.fallback(key, rate, backend.opts.on_error),
         }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     fn fallback(&self, key: &str, rate: Rate, on_error: OnBackendError) -> Decision {

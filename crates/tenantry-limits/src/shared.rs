@@ -12,33 +12,48 @@ use redis::{RedisResult, Script};
 use crate::local::{Clock, Outcome, Params};
 use crate::{Inner, LimitsError, Rate, RedisOptions};
 
-/// The GCRA decision, in microseconds, with the server's clock.
+/// GCRA decisions, in microseconds, with the server's clock: one or more in one call.
 ///
-/// `KEYS[1]`: the key. `ARGV[1]`: emission interval T (µs). `ARGV[2]`: tolerance tau (µs).
-/// `ARGV[3]` (optional, used by the parity tests only): "now" in µs instead of `TIME`.
-/// Returns `{allowed (0|1), remaining, reset_after_us, retry_after_us}`. A rejected request
-/// writes nothing. The key lives exactly until the bucket is full again.
+/// `KEYS[i]`: the keys. `ARGV[1]`: "now" in µs instead of `TIME` (used by the parity tests
+/// only), or empty. `ARGV[2i]`, `ARGV[2i+1]`: emission interval T and tolerance tau (µs) of
+/// `KEYS[i]`. Returns four numbers per key, in order: `allowed (0|1), remaining,
+/// reset_after_us, retry_after_us`. The decisions are taken one after the other, so a key that
+/// appears twice sees its first decision. A rejected request writes nothing. A key lives
+/// exactly until its bucket is full again.
 pub(crate) const GCRA_LUA: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
 local now
-if ARGV[3] then
-  now = tonumber(ARGV[3])
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
 else
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + t
-local diff = new_tat - now
-if diff <= tau then
-  redis.call('SET', KEYS[1], string.format('%d', new_tat),
-    'PX', string.format('%d', math.max(1, math.ceil(diff / 1000))))
-  return {1, math.floor((tau - diff) / t), diff, 0}
+local out = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local t = tonumber(ARGV[2 * i])
+  local tau = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + t
+  local diff = new_tat - now
+  local n = #out
+  if diff <= tau then
+    redis.call('SET', key, string.format('%d', new_tat),
+      'PX', string.format('%d', math.max(1, math.ceil(diff / 1000))))
+    out[n + 1] = 1
+    out[n + 2] = math.floor((tau - diff) / t)
+    out[n + 3] = diff
+    out[n + 4] = 0
+  else
+    out[n + 1] = 0
+    out[n + 2] = 0
+    out[n + 3] = tat - now
+    out[n + 4] = new_tat - tau - now
+  end
 end
-return {0, 0, tat - now, new_tat - tau - now}
+return out
 ";
 
 /// A fixed-window counter: `KEYS[1]` the counter, `ARGV[1]` the amount, `ARGV[2]` the TTL in
@@ -105,6 +120,8 @@ pub(crate) struct RedisBackend {
     /// [`CLOSED`], [`PROBING`], or the clock time (ns) until which Redis is skipped.
     circuit: AtomicU64,
     up: AtomicBool,
+    /// Calls that reached `attempt` (decisions and counters; a batch is one).
+    calls: AtomicU64,
     errors: AtomicU64,
     /// Clock time of the last warning plus one (0: never warned).
     last_warn: AtomicU64,
@@ -123,14 +140,24 @@ impl RedisBackend {
             counter: Script::new(COUNTER_LUA),
             circuit: AtomicU64::new(CLOSED),
             up: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             last_warn: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
     }
 
+    /// This backend's id, unique in the process (keys per-thread state).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     pub(crate) fn errors(&self) -> u64 {
@@ -225,6 +252,7 @@ impl RedisBackend {
                 clock,
             });
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(self.opts.timeout, self.attempt(&op)).await {
             Ok(r) => r,
             Err(_) => Err(LimitsError::Timeout(self.opts.timeout)),

@@ -99,9 +99,9 @@ async fn lua_matches_rust_gcra() {
             }
             let reply: (i64, i64, i64, i64) = script
                 .key(&key)
+                .arg(now)
                 .arg(params.t)
                 .arg(params.tau)
-                .arg(now)
                 .invoke_async(&mut conn)
                 .await
                 .unwrap();

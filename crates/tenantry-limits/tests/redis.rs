@@ -366,3 +366,66 @@ async fn redis_hung_server_times_out() {
     let took = wait_shared(&l, "k", Duration::from_millis(2500)).await;
     eprintln!("shared again after {took:?}");
 }
+
+/// On a single-threaded runtime (the gateway's worker shape), decisions asked for together go
+/// to Redis together: a few script calls for hundreds of decisions, each still decided on the
+/// shared counter, in order. When Redis is gone, the whole batch falls back.
+#[tokio::test]
+async fn redis_batched_decisions_on_one_thread() {
+    if !redis_server_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let mut server = RedisServer::start(port);
+    let l = Limiter::redis(opts(&server.url(), OnBackendError::Local)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    // Burst 50, one more per hour: exactly 50 of each key's 100 concurrent checks pass.
+    let rate = Rate::new(1, Duration::from_secs(3600), 50);
+    let calls_before = l.backend_calls();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let l = l.clone();
+        tasks.spawn(async move { (i % 4, l.check(&format!("batch:{}", i % 4), rate).await) });
+    }
+    let mut remaining = vec![Vec::new(); 4];
+    while let Some(joined) = tasks.join_next().await {
+        let (k, d): (usize, Decision) = joined.unwrap();
+        assert_eq!(d.source, Source::Shared);
+        if d.allowed {
+            remaining[k].push(d.remaining);
+        } else {
+            assert!(d.retry_after > Duration::from_secs(3000), "{d:?}");
+        }
+    }
+    for (k, mut r) in remaining.into_iter().enumerate() {
+        r.sort_unstable();
+        assert_eq!(r, (0..50).collect::<Vec<u64>>(), "key {k}");
+    }
+    let calls = l.backend_calls() - calls_before;
+    assert!(
+        (1..=40).contains(&calls),
+        "400 concurrent decisions took {calls} Redis calls"
+    );
+    assert_eq!(l.backend_errors(), 0);
+
+    server.kill();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let l = l.clone();
+        tasks.spawn(async move { l.check("batch:down", RATE).await });
+    }
+    let mut allowed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let d = joined.unwrap();
+        assert_eq!(d.source, Source::FallbackLocal);
+        allowed += u32::from(d.allowed);
+    }
+    assert_eq!(allowed, 5, "the local fallback's burst");
+    assert!(l.backend_errors() > 0);
+    let by_source = l.decisions();
+    assert!(by_source.contains(&(Source::Shared, 400)), "{by_source:?}");
+    assert!(
+        by_source.contains(&(Source::FallbackLocal, 20)),
+        "{by_source:?}"
+    );
+}
