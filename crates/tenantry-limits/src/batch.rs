@@ -70,20 +70,51 @@ pub(crate) fn enqueue(
         }
     });
     if opened {
-        handle.spawn(flush(limiter.clone(), id));
+        handle.spawn(flush(limiter.clone(), Unflushed(id)));
     }
     Some(rx)
 }
 
-/// Sends this thread's open batch for backend `id`, once the tasks that were ready when it
-/// opened have run (and joined it).
-async fn flush(limiter: Limiter, id: u64) {
-    let batch = OPEN.with(|open| {
-        let mut open = open.borrow_mut();
-        let at = open.iter().position(|(i, _)| *i == id)?;
-        Some(open.swap_remove(at).1)
-    });
-    let Some(mut batch) = batch else { return };
+/// Owned by a flush until it has taken its batch. A flush dropped before it ran (its runtime
+/// shut down) drops the open batch with it, so the waiters fall back instead of waiting for
+/// ever, and no later decision on this thread joins a batch that will never be sent.
+struct Unflushed(u64);
+
+impl Unflushed {
+    /// Takes the open batch (this guard's job is then done).
+    fn take(self) -> Option<Vec<Pending>> {
+        let id = self.0;
+        std::mem::forget(self);
+        OPEN.with(|open| {
+            let mut open = open.borrow_mut();
+            let at = open.iter().position(|(i, _)| *i == id)?;
+            Some(open.swap_remove(at).1)
+        })
+    }
+}
+
+impl Drop for Unflushed {
+    fn drop(&mut self) {
+        let id = self.0;
+        // The batch is dropped outside the borrow: its senders' receivers may wake tasks.
+        let batch = OPEN
+            .try_with(|open| {
+                let mut open = open.try_borrow_mut().ok()?;
+                let at = open.iter().position(|(i, _)| *i == id)?;
+                Some(open.swap_remove(at).1)
+            })
+            .ok()
+            .flatten();
+        drop(batch);
+    }
+}
+
+/// Sends this thread's open batch, once the tasks that were ready when it opened have run
+/// (and joined it).
+async fn flush(limiter: Limiter, batch: Unflushed) {
+    let Some(mut batch) = batch.take() else {
+        return;
+    };
     let inner: &Inner = limiter.inner();
     let Some(backend) = inner.redis.as_ref() else {
         return;

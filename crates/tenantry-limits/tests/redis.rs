@@ -429,3 +429,50 @@ async fn redis_batched_decisions_on_one_thread() {
         "{by_source:?}"
     );
 }
+
+/// A batch whose flush never ran (its runtime shut down first) is dropped with it: a later
+/// runtime on the same thread starts a batch of its own instead of joining one that will
+/// never be sent.
+#[test]
+fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
+    let Some(url) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(redis_or_skip())
+    else {
+        return;
+    };
+    // The shared connection lives on a runtime that keeps running.
+    let home = tokio::runtime::Runtime::new().unwrap();
+    let l = home.block_on(async {
+        let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+        wait_up(&l, Duration::from_secs(3)).await;
+        l
+    });
+    let prefix = unique_prefix("orphan");
+    let single = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = single();
+    let key_a = format!("{prefix}a");
+    first.block_on(async {
+        let mut check = Box::pin(l.check(&key_a, RATE));
+        // One poll: the decision joins a new batch and its flush is spawned, not yet run.
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(check.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(polled, "the decision waits for its batch");
+    });
+    drop(first);
+    let second = single();
+    let key_b = format!("{prefix}b");
+    let d = second.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), l.check(&key_b, RATE))
+            .await
+            .expect("a decision on a new runtime is not stuck behind the old batch")
+    });
+    assert!(d.allowed);
+    home.block_on(cleanup(&url, &prefix));
+}
