@@ -474,5 +474,6 @@ fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
             .expect("a decision on a new runtime is not stuck behind the old batch")
     });
     assert!(d.allowed);
+    assert_eq!(d.source, Source::Shared);
     home.block_on(cleanup(&url, &prefix));
 }
