@@ -380,6 +380,7 @@ fn cstr<'b>(buf: &'b mut Vec<u8>, s: &[u8]) -> &'b CStr {
 }
 
 fn worker(engine: ffi::Engine, rx: &Mutex<Receiver<Job>>, match_log: Option<&log::MatchLog>) {
+    ffi::batch_policy();
     let mut scratch = Scratch::default();
     loop {
         let job = {

@@ -379,3 +379,29 @@ async fn a_tenant_beyond_its_share_waits_and_others_keep_theirs() {
     }
     assert_eq!(waf.pending(), 0);
 }
+
+/// Inspection threads run under `SCHED_BATCH`, so queueing an inspection does not preempt the
+/// proxy worker (or another tenant's requests on the same core).
+#[cfg(target_os = "linux")]
+#[test]
+fn inspection_threads_run_as_batch() {
+    let Some(_waf) = waf() else { return };
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("tenantry-waf-") {
+            continue;
+        }
+        // Field 41 of /proc/<pid>/task/<tid>/stat is the policy (3 = SCHED_BATCH); the
+        // fields are counted after the command name's closing parenthesis (field 2).
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: i32 = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        policies.push((comm.trim().to_owned(), policy));
+    }
+    assert!(!policies.is_empty(), "no inspection thread found");
+    for (name, policy) in policies {
+        assert_eq!(policy, libc::SCHED_BATCH, "{name}");
+    }
+}
