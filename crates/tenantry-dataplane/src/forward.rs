@@ -158,11 +158,13 @@ fn forwardable(host: &HeaderValue) -> bool {
     host.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
+#[inline]
 fn put_name(out: &mut Vec<u8>, name: &HeaderName) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
 }
 
+#[inline]
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

@@ -243,9 +243,9 @@ fn build(
     limits: Limits,
 ) -> Option<Head> {
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).ok()?;
-    // Room for the fields the proxy adds before forwarding (`X-Forwarded-*`, `Forwarded`,
-    // `X-Request-Id`), so that adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    // The proxy adds no fields to this map: the forwarding fields are written into the
+    // upstream head (`forward.rs`).
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut content_length: Option<usize> = None;
     let mut keep_alive = true;
     for f in fields {

@@ -34,15 +34,10 @@ fn next() -> u64 {
 pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    let (a, b) = (next(), next());
-    for (i, byte) in a
-        .to_be_bytes()
-        .iter()
-        .chain(b.to_be_bytes().iter())
-        .enumerate()
-    {
-        buf[2 * i] = HEX[usize::from(byte >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    let id = (u128::from(next()) << 64) | u128::from(next());
+    // Lowest nibble last: digit i is nibble 31 - i.
+    for (i, digit) in buf.iter_mut().enumerate() {
+        *digit = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
     }
     // One allocation (the owner), and clones are reference counts: `from_bytes` would copy
     // into a `Vec` whose first clone (the access log and the upstream request keep the id)
