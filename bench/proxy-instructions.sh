@@ -8,10 +8,11 @@
 #   ANNOTATE=1 bash bench/proxy-instructions.sh            # also print the top functions
 #   LIMIT=local bash bench/proxy-instructions.sh            # with an in-process rate limit
 #   LIMIT=redis bash bench/proxy-instructions.sh            # ... decided on Redis (REDIS_URL)
+#   ACCESS_LOG=1 bash bench/proxy-instructions.sh          # with the JSON access log (to /dev/null)
 #
 # What it does: one nginx backend process (two ports, as in proxy-vs-nginx.sh), Tenantry
 # under `valgrind --tool=callgrind --instr-atstart=no` with the same tenant, route and
-# settings as proxy-vs-nginx.sh's tenantry-nolog (runtime.threads 1, no access log, the
+# settings as proxy-vs-nginx.sh's tenantry-nolog (runtime.threads 1, no access log unless ACCESS_LOG=1, the
 # tenant moved to an "unlimited" plan through the admin API). With LIMIT=local or redis, the
 # route gets limits.sh's never-refusing limit (`ratelimit: {requests_per_minute: 100000000,
 # burst: 1000000, key: route}`); with redis the gateway also gets `--redis REDIS_URL`
@@ -38,6 +39,8 @@ BACKEND_PORT1=${BACKEND_PORT1:-18001}
 BACKEND_PORT2=${BACKEND_PORT2:-18002}
 ANNOTATE=${ANNOTATE:-0}
 LIMIT=${LIMIT:-}
+ACCESS_LOG=${ACCESS_LOG:-0}
+[[ $ACCESS_LOG =~ ^[01]$ ]] || die "ACCESS_LOG must be 0 or 1, got '$ACCESS_LOG'"
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 [[ $LIMIT =~ ^(|local|redis)$ ]] || die "LIMIT must be empty, local or redis, got '$LIMIT'"
 OUT=${OUT_DIR:-$(mktemp -d /tmp/tenantry-bench.XXXXXX)}
@@ -60,10 +63,10 @@ wait_http "http://127.0.0.1:$BACKEND_PORT1/" localhost "$SPAWNED_PID" "$OUT/back
     die "backend nginx did not come up"
 
 cat >"$OUT/tenantry/tenantry.yaml" <<EOF
-# as proxy-vs-nginx.sh's tenantry-nolog
+# as proxy-vs-nginx.sh's tenantry-nolog (or tenantry, with ACCESS_LOG=1)
 listen: 127.0.0.1:$PORT
 admin: { listen: 127.0.0.1:$ADMIN_PORT }
-access_log: false
+access_log: $( ((ACCESS_LOG)) && echo true || echo false)
 runtime: { threads: 1 }
 metrics: { max_tenants: 1000 }
 shutdown: { drain: 0ms, grace: 2s }

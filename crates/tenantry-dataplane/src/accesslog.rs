@@ -131,7 +131,18 @@ fn flush_into(shared: &Shared, spare: &mut Vec<u8>) {
 /// copied whole.
 fn push_json_str(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The usual case, checked first with a loop that has no early exit (the compiler turns it
+    // into vector compares): nothing to escape, one copy.
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    out.reserve(s.len() + 2);
     out.push('"');
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in s.as_bytes().iter().enumerate() {
         if b != b'"' && b != b'\\' && b >= 0x20 {
