@@ -99,9 +99,15 @@ thread_local! {
     /// Connections of this thread, by backend id (`None` while one is being made). A
     /// single-threaded runtime (the gateway runs one per worker) gets its own connection, so
     /// a decision never hops to another thread and back.
-    static THREAD_CONNS: std::cell::RefCell<Vec<(u64, Option<ConnectionManager>)>> =
+    /// Each is tagged with the runtime it was made on: its driver task lives there, so a
+    /// connection left by a runtime that has shut down is replaced, not used.
+    static THREAD_CONNS: std::cell::RefCell<Vec<ThreadConn>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// One thread's connection for one backend: backend id, the runtime it was made on, and the
+/// connection (`None` while it is being made).
+type ThreadConn = (u64, tokio::runtime::Id, Option<ConnectionManager>);
 
 /// Backend ids for [`THREAD_CONNS`].
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -295,29 +301,35 @@ impl RedisBackend {
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
             return None;
         }
+        let runtime = handle.id();
         THREAD_CONNS.with(|conns| {
             let mut conns = conns.borrow_mut();
-            if let Some((_, c)) = conns.iter().find(|(id, _)| *id == self.id) {
+            if let Some((_, _, c)) = conns
+                .iter()
+                .find(|(id, rt, _)| *id == self.id && *rt == runtime)
+            {
                 return c.clone();
             }
+            // One made on a runtime this thread ran before: its driver is gone with it.
+            conns.retain(|(id, _, _)| *id != self.id);
             if !self.is_up() {
                 return None;
             }
-            conns.push((self.id, None));
+            conns.push((self.id, runtime, None));
             let (id, client, config) = (self.id, self.client.clone(), self.manager_config());
             handle.spawn(async move {
                 let made = ConnectionManager::new_with_config(client, config).await;
                 THREAD_CONNS.with(|conns| {
                     let mut conns = conns.borrow_mut();
-                    match made {
-                        Ok(conn) => {
-                            if let Some(slot) = conns.iter_mut().find(|(i, _)| *i == id) {
-                                slot.1 = Some(conn);
-                            }
-                        }
-                        Err(e) => {
+                    let slot = conns
+                        .iter()
+                        .position(|(i, rt, _)| *i == id && *rt == runtime);
+                    match (made, slot) {
+                        (Ok(conn), Some(at)) => conns[at].2 = Some(conn),
+                        (Ok(_), None) => {}
+                        (Err(e), _) => {
                             tracing::debug!(error = %e, "per-thread rate limit connection failed");
-                            conns.retain(|(i, _)| *i != id);
+                            conns.retain(|(i, rt, _)| !(*i == id && *rt == runtime));
                         }
                     }
                 });

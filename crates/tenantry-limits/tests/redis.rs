@@ -477,3 +477,43 @@ fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
     assert_eq!(d.source, Source::Shared);
     home.block_on(cleanup(&url, &prefix));
 }
+
+/// A thread that runs one single-threaded runtime after another (tools, tests) gets a
+/// per-thread connection on each: one left by a runtime that has shut down (its driver task
+/// gone with it) is replaced, not used, so decisions keep going to Redis.
+#[test]
+fn a_new_runtime_on_the_same_thread_gets_its_own_connection() {
+    let Some(url) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(redis_or_skip())
+    else {
+        return;
+    };
+    let home = tokio::runtime::Runtime::new().unwrap();
+    let l = home.block_on(async {
+        let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+        wait_up(&l, Duration::from_secs(3)).await;
+        l
+    });
+    let prefix = unique_prefix("rt-churn");
+    let single = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    for round in 0..3 {
+        let rt = single();
+        let key = format!("{prefix}{round}");
+        rt.block_on(async {
+            // Long enough for this runtime's own connection to be made and used.
+            for _ in 0..4 {
+                let d = l.check(&key, RATE).await;
+                assert_eq!(d.source, Source::Shared, "round {round}");
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        });
+    }
+    assert_eq!(l.backend_errors(), 0);
+    home.block_on(cleanup(&url, &prefix));
+}
