@@ -298,10 +298,8 @@ impl RespBody {
     /// Moves the upstream's raw header fields into `headers` (for a writer that needs one map:
     /// hyper's server, or the LLM usage scanner's `Content-Type`).
     pub fn merge_raw_head(&mut self, headers: &mut http::HeaderMap) {
-        if let Inner::Inline(b) = &mut self.inner
-            && let Some(raw) = b.take_raw_head()
-        {
-            raw.append_to(headers);
+        if let Inner::Inline(b) = &mut self.inner {
+            b.merge_raw_head(headers);
         }
     }
 

@@ -3,7 +3,7 @@
 //! and `Host` when the request had none (HTTP/2's `:authority`).
 //!
 //! The inline client writes them straight into the request head it encodes
-//! ([`Forwarding::write_fields`]): the request's header map is left as the client sent it
+//! ([`write_fields`]): the request's header map is left as the client sent it
 //! (less its hop-by-hop fields), so five map inserts, their hashing and the growth of the map
 //! are saved on every proxied request. Requests that go through hyper's client get the same
 //! fields in their map ([`Forwarding::apply`]). Both give the upstream the same head.
@@ -36,53 +36,66 @@ struct Seen {
     forwarded: bool,
 }
 
-impl Forwarding<'_> {
-    /// Writes `headers` as header fields (`name: value\r\n`), with this hop's changes: the
-    /// client's `X-Forwarded-For` and `Forwarded` are extended, its `X-Forwarded-Proto`,
-    /// `X-Forwarded-Host` and `X-Request-Id` replaced. `Content-Length` and
-    /// `Transfer-Encoding` are not written (the caller frames the body); the return value says
-    /// whether the request had one of them.
-    pub fn write_fields(&self, out: &mut Vec<u8>, headers: &HeaderMap) -> bool {
-        let mut declared = false;
-        let mut seen = Seen::default();
-        let mut iter = headers.iter().peekable();
-        while let Some((name, value)) = iter.next() {
-            if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
-                declared = true;
-                continue;
-            }
-            if *name == header::HOST {
-                seen.host = true;
-            } else if *name == header::FORWARDED || *name == X_FORWARDED_FOR {
-                // Every value of the field, in order, then this hop's element: one line.
-                let forwarded = *name == header::FORWARDED;
-                if forwarded {
-                    seen.forwarded = true;
-                } else {
-                    seen.xff = true;
-                }
-                put_name(out, name);
-                out.extend_from_slice(value.as_bytes());
-                while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
-                    out.extend_from_slice(b", ");
-                    out.extend_from_slice(v.as_bytes());
-                }
-                out.extend_from_slice(b", ");
-                if forwarded {
-                    self.forwarded_element(out);
-                } else {
-                    out.extend_from_slice(self.conn.client_ip.as_bytes());
-                }
-                out.extend_from_slice(b"\r\n");
-                continue;
-            } else if *name == X_FORWARDED_PROTO
-                || *name == X_FORWARDED_HOST
-                || *name == X_REQUEST_ID
-            {
-                continue;
-            }
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+/// Writes `headers` as header fields (`name: value\r\n`), with this hop's changes when
+/// `forwarding` is given: the client's `X-Forwarded-For` and `Forwarded` are extended, its
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id` replaced. `Content-Length` and
+/// `Transfer-Encoding` are not written (the caller frames the body); the return value says
+/// whether the request had one of them.
+pub fn write_fields(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    forwarding: Option<&Forwarding<'_>>,
+) -> bool {
+    let mut declared = false;
+    let mut seen = Seen::default();
+    let mut iter = headers.iter().peekable();
+    while let Some((name, value)) = iter.next() {
+        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+            declared = true;
+            continue;
         }
+        let Some(f) = forwarding else {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            continue;
+        };
+        if *name == header::HOST {
+            seen.host = true;
+        } else if *name == header::FORWARDED || *name == X_FORWARDED_FOR {
+            // Every value of the field, in order, then this hop's element: one line.
+            let forwarded = *name == header::FORWARDED;
+            if forwarded {
+                seen.forwarded = true;
+            } else {
+                seen.xff = true;
+            }
+            put_name(out, name);
+            out.extend_from_slice(value.as_bytes());
+            while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.extend_from_slice(b", ");
+            if forwarded {
+                f.forwarded_element(out);
+            } else {
+                out.extend_from_slice(f.conn.client_ip.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            continue;
+        } else if *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST || *name == X_REQUEST_ID {
+            continue;
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(f) = forwarding {
+        f.write_added(out, &seen);
+    }
+    declared
+}
+
+impl Forwarding<'_> {
+    /// The fields this hop adds after the client's (those it had are already written).
+    fn write_added(&self, out: &mut Vec<u8>, seen: &Seen) {
         if !seen.host
             && let Some(host) = self.host
         {
@@ -101,7 +114,6 @@ impl Forwarding<'_> {
             out.extend_from_slice(b"\r\n");
         }
         put_field(out, b"x-request-id", self.request_id.as_bytes());
-        declared
     }
 
     /// Sets the same fields in a header map, for requests sent by hyper's client.

@@ -24,14 +24,14 @@ use std::mem::MaybeUninit;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use crate::forward::Forwarding;
+use crate::forward::{self, Forwarding};
 
 /// Most header fields accepted in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -309,23 +309,7 @@ fn encode_head(
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let declared = match forwarding {
-        Some(f) => f.write_fields(out, &parts.headers),
-        None => {
-            let mut declared = false;
-            for (name, value) in &parts.headers {
-                if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
-                    declared = true;
-                    continue;
-                }
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            declared
-        }
-    };
+    let declared = forward::write_fields(out, &parts.headers, forwarding);
     let usually_has_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_len > 0 || declared || usually_has_body {
         out.extend_from_slice(b"content-length: ");
@@ -584,9 +568,12 @@ impl H1Body {
         self.head.as_ref()
     }
 
-    /// Takes the response's header fields out (to build a `HeaderMap` from them).
-    pub fn take_raw_head(&mut self) -> Option<RawHead> {
-        self.head.take()
+    /// Moves the response's header fields into `headers` (see [`RawHead::append_to`]), for a
+    /// writer that needs one map.
+    pub fn merge_raw_head(&mut self, headers: &mut HeaderMap) {
+        if let Some(raw) = self.head.take() {
+            raw.append_to(headers);
+        }
     }
 
     /// The connection, if the body was read to its end and the connection can carry another

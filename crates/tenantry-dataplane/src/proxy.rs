@@ -458,9 +458,8 @@ pub async fn handle(
     // fields go into the map (elsewhere the inline client's stay raw, see `h1::RawHead`).
     if prompt_estimate.is_some()
         && let UpstreamBody::Inline(b) = &mut rbody
-        && let Some(raw) = b.take_raw_head()
     {
-        raw.append_to(&mut rparts.headers);
+        b.merge_raw_head(&mut rparts.headers);
     }
     rparts.version = original_version;
     rparts.headers.insert(X_REQUEST_ID.clone(), request_id);

@@ -2,14 +2,14 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use super::Forwarding;
+use super::{Forwarding, write_fields};
 use crate::proxy::ConnInfo;
 
 /// The fields `write_fields` writes, parsed back as (name, value) pairs, and whether a framing
 /// field was seen.
 fn written(f: &Forwarding<'_>, h: &HeaderMap) -> (Vec<(String, String)>, bool) {
     let mut out = Vec::new();
-    let declared = f.write_fields(&mut out, h);
+    let declared = write_fields(&mut out, h, Some(f));
     let text = String::from_utf8_lossy(&out).into_owned();
     let fields = text
         .split_terminator("\r\n")
