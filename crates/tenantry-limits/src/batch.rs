@@ -17,7 +17,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 
 use crate::local::{Outcome, Params};
-use crate::shared::{RedisBackend, outcome_from_reply};
+use crate::shared::RedisBackend;
 use crate::{Inner, Limiter};
 
 /// Most decisions in one script call; a larger batch is sent as several calls, pipelined on
@@ -140,32 +140,15 @@ async fn flush(limiter: Limiter, batch: Unflushed) {
 
 /// One script call for `batch`; every waiter gets its outcome, or `None` to fall back.
 async fn decide(inner: &Inner, backend: &RedisBackend, batch: Vec<Pending>) {
-    let reply = backend
-        .call(&inner.clock, |mut conn| {
-            let mut inv = backend.gcra.prepare_invoke();
-            inv.arg("");
-            for p in &batch {
-                inv.key(&*p.key).arg(p.params.t).arg(p.params.tau);
-            }
-            async move { inv.invoke_async::<Vec<i64>>(&mut conn).await }
-        })
-        .await;
-    match reply {
-        Ok(v) if v.len() == batch.len() * 4 => {
-            for (p, r) in batch.into_iter().zip(v.chunks_exact(4)) {
-                let _ = p
-                    .reply
-                    .send(Some(outcome_from_reply((r[0], r[1], r[2], r[3]))));
+    let decisions: Vec<(&str, Params)> = batch.iter().map(|p| (&*p.key, p.params)).collect();
+    let outcomes = backend.gcra(&inner.clock, &decisions).await;
+    match outcomes {
+        Some(outcomes) => {
+            for (p, o) in batch.into_iter().zip(outcomes) {
+                let _ = p.reply.send(Some(o));
             }
         }
-        other => {
-            if let Ok(v) = other {
-                tracing::warn!(
-                    decisions = batch.len(),
-                    numbers = v.len(),
-                    "rate limit script returned a reply of the wrong length; falling back"
-                );
-            }
+        None => {
             for p in batch {
                 let _ = p.reply.send(None);
             }

@@ -458,14 +458,9 @@ impl Limiter {
         let outcome = match batch::enqueue(self, backend, key, p) {
             Some(rx) => rx.await.ok().flatten(),
             None => backend
-                .call(&inner.clock, |mut conn| {
-                    let mut inv = backend.gcra.prepare_invoke();
-                    inv.arg("").key(key).arg(p.t).arg(p.tau);
-                    async move { inv.invoke_async::<(i64, i64, i64, i64)>(&mut conn).await }
-                })
+                .gcra(&inner.clock, &[(key, p)])
                 .await
-                .ok()
-                .map(shared::outcome_from_reply),
+                .and_then(|o| o.into_iter().next()),
         };
         match outcome {
             Some(o) => {

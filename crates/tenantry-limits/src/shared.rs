@@ -275,6 +275,41 @@ impl RedisBackend {
         }
     }
 
+    /// One call of the GCRA script for `decisions` (key and parameters each, decided in
+    /// order): their outcomes, or `None` to fall back (the failure has been counted and
+    /// logged by [`RedisBackend::call`]).
+    pub(crate) async fn gcra(
+        &self,
+        clock: &Clock,
+        decisions: &[(&str, Params)],
+    ) -> Option<Vec<Outcome>> {
+        let reply = self
+            .call(clock, |mut conn| {
+                let mut inv = self.gcra.prepare_invoke();
+                inv.arg("");
+                for (key, p) in decisions {
+                    inv.key(*key).arg(p.t).arg(p.tau);
+                }
+                async move { inv.invoke_async::<Vec<i64>>(&mut conn).await }
+            })
+            .await
+            .ok()?;
+        if reply.len() != decisions.len() * 4 {
+            tracing::warn!(
+                decisions = decisions.len(),
+                numbers = reply.len(),
+                "rate limit script returned a reply of the wrong length; falling back"
+            );
+            return None;
+        }
+        Some(
+            reply
+                .chunks_exact(4)
+                .map(|r| outcome_from_reply((r[0], r[1], r[2], r[3])))
+                .collect(),
+        )
+    }
+
     async fn attempt<T, F, Fut>(&self, op: &F) -> Result<T, LimitsError>
     where
         F: Fn(ConnectionManager) -> Fut,

@@ -430,32 +430,39 @@ async fn redis_batched_decisions_on_one_thread() {
     );
 }
 
-/// A batch whose flush never ran (its runtime shut down first) is dropped with it: a later
-/// runtime on the same thread starts a batch of its own instead of joining one that will
-/// never be sent.
-#[test]
-fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
-    let Some(url) = tokio::runtime::Runtime::new()
+/// A Redis limiter whose shared connection lives on a multi-threaded runtime that keeps
+/// running (returned with it), for tests that run single-threaded runtimes one after another
+/// on their own thread. `None` when Redis is not reachable (skipped).
+fn limiter_on_its_own_runtime() -> Option<(String, tokio::runtime::Runtime, Limiter)> {
+    let url = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(redis_or_skip())
-    else {
-        return;
-    };
-    // The shared connection lives on a runtime that keeps running.
+        .block_on(redis_or_skip())?;
     let home = tokio::runtime::Runtime::new().unwrap();
     let l = home.block_on(async {
         let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
         wait_up(&l, Duration::from_secs(3)).await;
         l
     });
-    let prefix = unique_prefix("orphan");
-    let single = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    Some((url, home, l))
+}
+
+fn single_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A batch whose flush never ran (its runtime shut down first) is dropped with it: a later
+/// runtime on the same thread starts a batch of its own instead of joining one that will
+/// never be sent.
+#[test]
+fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
+    let Some((url, home, l)) = limiter_on_its_own_runtime() else {
+        return;
     };
-    let first = single();
+    let prefix = unique_prefix("orphan");
+    let first = single_thread_runtime();
     let key_a = format!("{prefix}a");
     first.block_on(async {
         let mut check = Box::pin(l.check(&key_a, RATE));
@@ -466,7 +473,7 @@ fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
         assert!(polled, "the decision waits for its batch");
     });
     drop(first);
-    let second = single();
+    let second = single_thread_runtime();
     let key_b = format!("{prefix}b");
     let d = second.block_on(async {
         tokio::time::timeout(Duration::from_secs(2), l.check(&key_b, RATE))
@@ -483,27 +490,12 @@ fn a_batch_left_by_a_shut_down_runtime_is_not_joined() {
 /// gone with it) is replaced, not used, so decisions keep going to Redis.
 #[test]
 fn a_new_runtime_on_the_same_thread_gets_its_own_connection() {
-    let Some(url) = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(redis_or_skip())
-    else {
+    let Some((url, home, l)) = limiter_on_its_own_runtime() else {
         return;
     };
-    let home = tokio::runtime::Runtime::new().unwrap();
-    let l = home.block_on(async {
-        let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
-        wait_up(&l, Duration::from_secs(3)).await;
-        l
-    });
     let prefix = unique_prefix("rt-churn");
-    let single = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     for round in 0..3 {
-        let rt = single();
+        let rt = single_thread_runtime();
         let key = format!("{prefix}{round}");
         rt.block_on(async {
             // Long enough for this runtime's own connection to be made and used.
