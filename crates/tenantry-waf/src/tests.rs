@@ -386,6 +386,25 @@ async fn a_tenant_beyond_its_share_waits_and_others_keep_theirs() {
 #[test]
 fn inspection_threads_run_as_batch() {
     let Some(_waf) = waf() else { return };
+    // Each thread sets its policy as it starts: wait (up to 5 s) for those just started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let policies = inspection_thread_policies();
+        let ready = !policies.is_empty() && policies.iter().all(|(_, p)| *p == libc::SCHED_BATCH);
+        if ready || std::time::Instant::now() > deadline {
+            assert!(!policies.is_empty(), "no inspection thread found");
+            for (name, policy) in policies {
+                assert_eq!(policy, libc::SCHED_BATCH, "{name}");
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// (name, scheduling policy) of this process's inspection threads.
+#[cfg(target_os = "linux")]
+fn inspection_thread_policies() -> Vec<(String, i32)> {
     let mut policies = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let dir = task.unwrap().path();
@@ -394,14 +413,14 @@ fn inspection_threads_run_as_batch() {
             continue;
         }
         // Field 41 of /proc/<pid>/task/<tid>/stat is the policy (3 = SCHED_BATCH); the
-        // fields are counted after the command name's closing parenthesis (field 2).
-        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // fields are counted after the command name's closing parenthesis (field 2). A thread
+        // that exited meanwhile is skipped.
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let policy: i32 = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
         policies.push((comm.trim().to_owned(), policy));
     }
-    assert!(!policies.is_empty(), "no inspection thread found");
-    for (name, policy) in policies {
-        assert_eq!(policy, libc::SCHED_BATCH, "{name}");
-    }
+    policies
 }
