@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod admission;
 pub mod body;
+pub mod deadline;
 pub mod demo;
 pub mod errors;
 pub mod forward;

@@ -17,6 +17,7 @@
 //! into responses, so the control flow is visible here in one place.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -31,6 +32,7 @@ use tenantry_limits::{Decision, Rate};
 
 use crate::admission::{self, Admission, QuotaKind, Refusal};
 use crate::body::{ReqBody, RespBody, Tap, UpBody};
+use crate::deadline::{self, Deadline};
 use crate::errors::ErrorCode;
 use crate::forward::Forwarding;
 use crate::gateway::Gateway;
@@ -357,18 +359,17 @@ pub async fn handle(
         let b = &route.backends[backend];
         b.health.begin();
         tap.backend = Some(backend);
-        let sent = tokio::time::timeout(
-            gw.settings.upstream.response_timeout,
-            upstream::send(
-                &b.health.pool,
-                &b.addr,
-                &gw.settings.upstream,
-                up_req,
-                upgrade,
-                &forwarding,
-            ),
-        )
-        .await;
+        // A coarse per-worker deadline beside the send, which stays where it was made.
+        let mut timer = Deadline::at(Instant::now() + gw.settings.upstream.response_timeout);
+        let send = pin!(upstream::send(
+            &b.health.pool,
+            &b.addr,
+            &gw.settings.upstream,
+            up_req,
+            upgrade,
+            &forwarding,
+        ));
+        let sent = deadline::race(&mut timer, send).await;
         match sent {
             Ok(Ok(s)) => break Ok(s),
             Ok(Err((err, unsent))) => {

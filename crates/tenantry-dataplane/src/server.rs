@@ -201,6 +201,8 @@ pub async fn serve(
             .name(format!("tenantry-w{i}"))
             .spawn(move || {
                 rt.block_on(async move {
+                    // Coarse upstream deadlines for this worker's requests (`deadline`).
+                    let sweeper = tokio::spawn(crate::deadline::sweeper());
                     let mut loops = Vec::new();
                     for (l, kind) in own {
                         match TcpListener::from_std(l) {
@@ -223,6 +225,7 @@ pub async fn serve(
                     let _ = done_tx.send(());
                     // Keep driving this thread's connections until the server is finished.
                     let _ = finished.wait_for(|f| *f).await;
+                    sweeper.abort();
                 });
                 let _ = exit_tx.send(());
             })?;

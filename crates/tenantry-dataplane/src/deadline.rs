@@ -1,0 +1,254 @@
+//! Coarse per-worker deadlines: a request's upstream deadline costs a slot in its worker's
+//! table, not a timer-wheel entry.
+//!
+//! `tokio::time::timeout` arms a timer for every request: an entry registered in the runtime's
+//! timer wheel on first poll and removed on drop, under the driver's lock, plus its polls,
+//! about 1,200 instructions of the ~18,500 a proxied request takes. Nearly every deadline is
+//! cancelled long before it fires, and a response timeout does not need a millisecond's
+//! precision. So each proxy worker runs one [`sweeper`] task, and a [`Deadline`] on that
+//! worker only writes the deadline and the task's waker into a thread-local slot; every [`TICK`], while
+//! deadlines are pending, the sweeper wakes those that have passed. A deadline therefore fires
+//! between its instant and one tick (plus scheduling) later.
+//!
+//! On a thread without a sweeper (tests, the admin runtime), a [`Deadline`] is a tokio timer.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+#[cfg(test)]
+mod tests;
+
+/// How often the sweeper looks for passed deadlines while any are pending.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// A deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// One pending deadline.
+struct Slot {
+    at: Instant,
+    waker: Option<Waker>,
+    fired: bool,
+}
+
+/// A worker thread's deadlines.
+#[derive(Default)]
+struct Table {
+    /// Set by each sweeper that starts on this thread, and unique across threads: a slot is
+    /// never read in another thread's table or a later sweeper's.
+    generation: u64,
+    installed: bool,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    live: usize,
+    /// The sweeper's waker, while it waits for a first deadline.
+    idle: Option<Waker>,
+}
+
+/// Generations of tables, unique across threads (0 is never one).
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table::default());
+}
+
+impl Table {
+    fn insert(&mut self, slot: Slot) -> u32 {
+        self.live += 1;
+        if let Some(w) = self.idle.take() {
+            w.wake();
+        }
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn remove(&mut self, i: u32) {
+        if let Some(s) = self.slots.get_mut(i as usize)
+            && s.take().is_some()
+        {
+            self.live -= 1;
+            self.free.push(i);
+        }
+    }
+
+    /// Fires every deadline at or before `now` (all of them when `now` is `None`).
+    fn fire(&mut self, now: Option<Instant>) {
+        for s in self.slots.iter_mut().flatten() {
+            if !s.fired && now.is_none_or(|n| s.at <= n) {
+                s.fired = true;
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Runs this thread's deadline sweeper until the task is dropped (its runtime shuts down).
+/// Spawn it once on each single-threaded worker runtime, before that worker serves requests;
+/// deadlines on that thread then use it.
+pub async fn sweeper() {
+    /// Uninstalls the sweeper when its task goes, firing what is pending so no waiter hangs.
+    struct Installed;
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = TABLE.try_with(|t| {
+                let mut t = t.borrow_mut();
+                t.installed = false;
+                t.idle = None;
+                t.fire(None);
+            });
+        }
+    }
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        // Slots left by an earlier sweeper on this thread were all fired when it went.
+        *t = Table {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            installed: true,
+            ..Table::default()
+        };
+    });
+    let _installed = Installed;
+    loop {
+        // Sleep until a deadline is pending; then tick while any is (one more tick after the
+        // last one goes, so a steady stream of requests does not wake this task every time).
+        std::future::poll_fn(|cx| {
+            TABLE.with(|t| {
+                let mut t = t.borrow_mut();
+                if t.live == 0 {
+                    t.idle = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+        })
+        .await;
+        tokio::time::sleep(TICK).await;
+        let now = Instant::now();
+        TABLE.with(|t| t.borrow_mut().fire(Some(now)));
+    }
+}
+
+/// A deadline, polled beside the future it bounds (see [`race`]). Small and `Unpin`: the
+/// future it bounds stays where it is instead of being moved into a wrapper (moving a large
+/// future costs more than a timer saves).
+#[derive(Debug)]
+pub struct Deadline {
+    at: Instant,
+    state: Armed,
+}
+
+#[derive(Debug)]
+enum Armed {
+    /// Not polled yet.
+    No,
+    /// A slot in the worker's table, and the table's generation.
+    Slot(u32, u64),
+    /// A tokio timer, on a thread without a sweeper.
+    Timer(Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Deadline {
+    /// A deadline at `at`. On a worker running [`sweeper`] it is coarse (it fires up to a
+    /// [`TICK`] late); elsewhere it is a tokio timer.
+    pub fn at(at: Instant) -> Self {
+        Self {
+            at,
+            state: Armed::No,
+        }
+    }
+
+    /// `Ready` once the deadline has passed; otherwise registers `cx`'s waker to be woken then.
+    pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Armed::Timer(sleep) = &mut self.state {
+            return sleep.as_mut().poll(cx);
+        }
+        let at = self.at;
+        let (poll, state) = TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            match self.state {
+                Armed::Slot(i, generation) if t.generation == generation => {
+                    let Some(Some(s)) = t.slots.get_mut(i as usize) else {
+                        return (Poll::Ready(()), None);
+                    };
+                    if s.fired {
+                        return (Poll::Ready(()), None);
+                    }
+                    match &mut s.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        w => *w = Some(cx.waker().clone()),
+                    }
+                    (Poll::Pending, None)
+                }
+                // The sweeper went (its runtime is shutting down), or the deadline moved to
+                // another thread: nothing would wake it, so it counts as passed.
+                Armed::Slot(..) => (Poll::Ready(()), None),
+                _ if t.installed => {
+                    let generation = t.generation;
+                    let i = t.insert(Slot {
+                        at,
+                        waker: Some(cx.waker().clone()),
+                        fired: false,
+                    });
+                    (Poll::Pending, Some(Armed::Slot(i, generation)))
+                }
+                _ => (
+                    Poll::Pending,
+                    Some(Armed::Timer(Box::pin(tokio::time::sleep_until(at.into())))),
+                ),
+            }
+        });
+        match state {
+            Some(Armed::Timer(mut sleep)) => {
+                let poll = sleep.as_mut().poll(cx);
+                self.state = Armed::Timer(sleep);
+                poll
+            }
+            Some(armed) => {
+                self.state = armed;
+                poll
+            }
+            None => poll,
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Armed::Slot(i, generation) = self.state {
+            let _ = TABLE.try_with(|t| {
+                let mut t = t.borrow_mut();
+                if t.generation == generation {
+                    t.remove(i);
+                }
+            });
+        }
+    }
+}
+
+/// Polls `fut` until it finishes (`Ok`) or `deadline` passes (`Err`). `fut` is borrowed, pinned
+/// where it was made.
+pub fn race<'a, F: Future>(
+    deadline: &'a mut Deadline,
+    mut fut: Pin<&'a mut F>,
+) -> impl Future<Output = Result<F::Output, Elapsed>> + 'a {
+    std::future::poll_fn(move |cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Ok(v)),
+        Poll::Pending => deadline.poll_elapsed(cx).map(|()| Err(Elapsed)),
+    })
+}
