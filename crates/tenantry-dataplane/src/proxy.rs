@@ -131,8 +131,10 @@ pub async fn handle(
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
     };
+    // One lookup serves the host (for routing and the log) and phase 1's checks of it.
+    let hosts = Hosts::of(&req);
     // Cheap clones (reference counts): the tap keeps them for the access log.
-    let host_value = request_host(&req);
+    let host_value = request_host(&req, hosts.first);
     let host_raw = host_value
         .as_ref()
         .and_then(|v| v.to_str().ok())
@@ -159,7 +161,7 @@ pub async fn handle(
     };
 
     // Phase 1: request filter.
-    if let Err(code) = request_filter(&req) {
+    if let Err(code) = request_filter(&req, hosts) {
         return local_error(&gw, code, tap, true);
     }
 
@@ -670,9 +672,26 @@ fn log_ejected(route: &RouteRt, backend: usize, why: &str) {
     );
 }
 
+/// The request's `Host` fields: the first, and whether there is another.
+#[derive(Clone, Copy)]
+struct Hosts<'a> {
+    first: Option<&'a HeaderValue>,
+    more: bool,
+}
+
+impl<'a> Hosts<'a> {
+    fn of<B>(req: &'a Request<B>) -> Self {
+        let mut all = req.headers().get_all(header::HOST).iter();
+        Self {
+            first: all.next(),
+            more: all.next().is_some(),
+        }
+    }
+}
+
 /// The request's host as sent: `Host` for HTTP/1, `:authority` for HTTP/2.
-fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    match req.headers().get(header::HOST) {
+fn request_host<B>(req: &Request<B>, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    match host {
         Some(h) => Some(h.clone()),
         None => req
             .uri()
@@ -689,15 +708,12 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// connection closes after the response (RFC 9112 §6.3), so nothing can hide behind the body.
 /// What is left to check here is the host: two `Host` headers could route one way here and
 /// another way upstream.
-fn request_filter<B>(req: &Request<B>) -> Result<(), ErrorCode> {
-    // One lookup for both questions: the first Host, and whether there is a second.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if req.version() < Version::HTTP_2 && hosts.next().is_some() {
+fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode> {
+    if req.version() < Version::HTTP_2 && hosts.more {
         return Err(ErrorCode::BadRequest);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400.
-    match host {
+    match hosts.first {
         Some(h) if !valid_authority(h.as_bytes()) => return Err(ErrorCode::BadRequest),
         None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
             return Err(ErrorCode::BadRequest);
