@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tenantry_domain::{RouteKind, normalize_host};
@@ -251,7 +251,7 @@ pub async fn handle(
 
     // A reverse proxy opens no tunnels: CONNECT is refused, once the WAF has seen it (attack
     // tools probe with it): 405, or 400 when the target is not `host:port`.
-    if req.method() == http::Method::CONNECT {
+    if req.method() == Method::CONNECT {
         let code = if req.uri().port().is_some() {
             ErrorCode::MethodNotAllowed
         } else {
@@ -323,7 +323,7 @@ pub async fn handle(
             }
             Some(p) => UpBody::Prefixed(Some(p.bytes), body, Arc::clone(&route.metrics)),
         },
-        Some(adm) => match admit_llm(&gw, &route, adm, &parts.headers, body, prefix).await {
+        Some(adm) => match admit_llm(&gw, &route, adm, &parts, body, prefix).await {
             Ok((bytes, estimate)) => {
                 // The usage must be readable in the response: no compression upstream.
                 parts.headers.remove(header::ACCEPT_ENCODING);
@@ -524,16 +524,20 @@ fn declared_length(h: &HeaderMap) -> Option<u64> {
 /// Phase 2c, LLM routes: read the body (bounded), parse it, check the tenant's policy and
 /// its token budget. Gives back the body to forward and the prompt's token estimate; a
 /// refusal says whether to close the connection (a body left unread).
+///
+/// A request of a method without body semantics (`GET`, `HEAD`, `DELETE`, `OPTIONS`, e.g.
+/// `GET /v1/models`) that sends no body names no model or tool: it skips the policy and is
+/// held only to the token budget. Any other method needs a JSON object.
 async fn admit_llm(
     gw: &Gateway,
     route: &RouteRt,
     adm: &Admission,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: ReqBody,
     prefix: Option<waf::Prefix>,
 ) -> Result<(Bytes, u64), (Refusal, bool)> {
     let max = gw.settings.max_llm_body_bytes;
-    if declared_length(headers).is_some_and(|n| n > max as u64) {
+    if declared_length(&parts.headers).is_some_and(|n| n > max as u64) {
         return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
     }
     // The WAF may have read the body, or its start, already.
@@ -571,8 +575,15 @@ async fn admit_llm(
         }
         Err(_) => return Err((Refusal::plain(ErrorCode::BadRequest), true)),
     };
+    let bodiless = bytes.is_empty()
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
     // Large bodies are tokenized (the prompt estimate) off the worker thread.
-    let parsed = if bytes.len() > 64 * 1024 {
+    let parsed = if bodiless {
+        Ok(llm::LlmRequest::default())
+    } else if bytes.len() > 64 * 1024 {
         let b = bytes.clone();
         tokio::task::spawn_blocking(move || llm::parse_request(&b))
             .await
@@ -592,7 +603,7 @@ async fn admit_llm(
             return Err((r, false));
         }
     };
-    if let Some(policy) = &adm.policy {
+    if let Some(policy) = adm.policy.as_ref().filter(|_| !bodiless) {
         let allow = llm::AllowLists {
             models: policy.allowed_models.as_deref(),
             tools: policy.allowed_tools.as_deref(),

@@ -617,6 +617,35 @@ async fn policy_and_body_checks() {
     let m = t.metrics().await;
     assert_eq!(refused_metric(&m, "starter", "policy"), 3, "{m}");
     assert_eq!(refused_metric(&m, "open", "policy"), 0, "{m}");
+
+    // A request of a method without a body (`GET /v1/models`, `DELETE /v1/files/…`) names no
+    // model or tool: forwarded despite the model allow-list. A GET that sends a body is read
+    // as any other.
+    for (method, path) in [("GET", "/v1/models"), ("DELETE", "/v1/files/file-1")] {
+        let before = up.seen().len();
+        let r = HttpClient::new()
+            .request(method, t.http, host, path, &[], Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"));
+        assert_eq!(r.status, 200, "{method} {path}: {:?}", r.body);
+        assert_eq!(r.json()["ok"], true);
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1);
+        assert_eq!(seen[before].path, path);
+    }
+    let r = HttpClient::new()
+        .request(
+            "GET",
+            t.http,
+            host,
+            "/v1/models",
+            &json_ct,
+            "{\"model\": \"gpt-4\"}".into(),
+        )
+        .await
+        .expect("GET with a body");
+    assert_eq!(r.status, 403, "a body is checked whatever the method");
+    assert_eq!(r.json()["error"], "policy_denied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
