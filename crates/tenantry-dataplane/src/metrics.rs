@@ -90,7 +90,7 @@ pub enum WafOutcome {
     Block = 1,
     /// Would have been refused; the tenant's mode is `detect`.
     Detect = 2,
-    /// Refused `503 waf_busy` (no inspection slot).
+    /// No inspection slot: refused `503 waf_busy` (served in `detect` mode).
     Busy = 3,
     /// Not inspected: the engine is unavailable (served or refused per `waf.on_unavailable`).
     Unavailable = 4,

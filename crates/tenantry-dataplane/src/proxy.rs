@@ -2,8 +2,10 @@
 //!
 //! 1. `request_filter`: reject ambiguous framing (request smuggling) before anything else;
 //! 2. `resolve`: host + path → tenant route from the current table (404 otherwise);
-//!    then admission (`admit`, and `admit_llm` on LLM routes): rate limit, quotas, the
-//!    tenant's model and tool policy (see `docs/limits.md`);
+//!    then the WAF, on routes that have one (request line, headers and the body up to
+//!    `waf.max_body`, see `docs/waf.md`), before admission; then admission (`admit`, and
+//!    `admit_llm` on LLM routes): rate limit, quotas, the tenant's model and tool policy
+//!    (see `docs/limits.md`);
 //! 3. `choose_upstream`: the route's algorithm picks an eligible backend (503 if none);
 //! 4. `upstream_request`: rewrite the request (URI, hop-by-hop headers, `X-Forwarded-*`,
 //!    `X-Request-Id`) and send it; an idempotent request without a body that fails to connect

@@ -181,7 +181,8 @@ pub(crate) async fn read_prefix(body: &mut ReqBody, max: usize) -> Result<Prefix
 
 /// What the phase decided.
 pub(crate) enum Outcome {
-    /// Go on (inspected and passed, detected in `detect` mode, or unavailable under `allow`).
+    /// Go on (inspected and passed, detected in `detect` mode, unavailable under `allow`, or
+    /// not inspected in `detect` mode).
     Continue(crate::metrics::WafOutcome, Option<Verdict>),
     /// Answer this error (with `rule_ids` for a block).
     Refuse(ErrorCode, Option<Verdict>),
@@ -209,9 +210,12 @@ impl WafPhase {
         body: Option<&Prefix>,
     ) -> Outcome {
         use crate::metrics::WafOutcome;
+        // `detect` never blocks: a tenant being onboarded is served (and the miss counted)
+        // also when its inspection cannot run.
+        let detect = w.mode == WafMode::Detect;
         let unavailable = || match self.settings.on_unavailable {
-            WafUnavailable::Deny => Outcome::Refuse(ErrorCode::WafUnavailable, None),
-            WafUnavailable::Allow => Outcome::Continue(WafOutcome::Unavailable, None),
+            WafUnavailable::Deny if !detect => Outcome::Refuse(ErrorCode::WafUnavailable, None),
+            _ => Outcome::Continue(WafOutcome::Unavailable, None),
         };
         let (Ok(rules), Ok(engine)) = (&w.rules, self.engine()) else {
             return unavailable();
@@ -250,6 +254,7 @@ impl WafPhase {
                 Action::Detect => Outcome::Continue(WafOutcome::Detect, Some(v)),
                 Action::Block => Outcome::Refuse(ErrorCode::WafBlocked, Some(v)),
             },
+            Err(WafError::Busy) if detect => Outcome::Continue(WafOutcome::Busy, None),
             Err(WafError::Busy) => Outcome::Refuse(ErrorCode::WafBusy, None),
             Err(e) => {
                 tracing::error!(tenant = %tenant, error = %e, "WAF inspection failed");

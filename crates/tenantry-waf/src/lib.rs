@@ -476,7 +476,7 @@ fn evaluate(
     }
     let action = match (set.key.mode, disruption) {
         (WafMode::Block, Some(_)) => Action::Block,
-        (WafMode::Detect, _) if collector.inbound_exceeded => Action::Detect,
+        (WafMode::Detect, _) if collector.would_deny => Action::Detect,
         _ => Action::Pass,
     };
     Verdict {

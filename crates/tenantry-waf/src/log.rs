@@ -24,6 +24,13 @@ const SCORING_RULES: [u32; 4] = [949_110, 959_100, 980_130, 980_140];
 /// The CRS's inbound blocking evaluation: its match means "the threshold was reached".
 pub(crate) const INBOUND_BLOCKING_RULE: u32 = 949_110;
 
+/// Rules whose match blocks the request in `block` mode (and is a detection in `detect` mode).
+const DENY_RULES: [u32; 3] = [
+    INBOUND_BLOCKING_RULE,
+    crate::rules::RULE_BODY_ERROR,
+    crate::rules::RULE_MULTIPART_ERROR,
+];
+
 /// The `waf.match_log` file: every message, one per line, in the order they were produced.
 pub(crate) struct MatchLog(Mutex<LineWriter<File>>);
 
@@ -52,8 +59,9 @@ pub(crate) struct Collector<'a> {
     /// Names of the variables those rules matched (`ARGS:q`, `REQUEST_HEADERS:User-Agent`),
     /// without repeats.
     pub(crate) variables: Vec<String>,
-    /// The inbound anomaly threshold was reached (rule 949110 matched).
-    pub(crate) inbound_exceeded: bool,
+    /// A rule that blocks in `block` mode matched: the CRS's inbound threshold was reached
+    /// (rule 949110), or one of Tenantry's own deny rules (an unreadable body).
+    pub(crate) would_deny: bool,
     /// Where every message is also written.
     pub(crate) match_log: Option<&'a MatchLog>,
 }
@@ -68,8 +76,8 @@ impl Collector<'_> {
         let Some(id) = rule_id(&text) else {
             return;
         };
-        if id == INBOUND_BLOCKING_RULE {
-            self.inbound_exceeded = true;
+        if DENY_RULES.contains(&id) {
+            self.would_deny = true;
         }
         if SCORING_RULES.contains(&id) {
             return;
@@ -163,6 +171,6 @@ mod tests {
         c.push(b"ModSecurity: Access denied with code 403 (phase 2). Matched \"Operator `Ge' with parameter `5' against variable `TX:ANOMALY_SCORE' (Value: `5' ) [file \"f\"] [line \"80\"] [id \"949110\"]");
         assert_eq!(c.rule_ids, vec![942100]);
         assert_eq!(c.variables, vec!["ARGS:id".to_owned()]);
-        assert!(c.inbound_exceeded);
+        assert!(c.would_deny);
     }
 }

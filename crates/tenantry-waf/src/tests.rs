@@ -290,6 +290,10 @@ async fn malformed_json_is_refused_unless_the_body_was_cut() {
         body,
     );
     assert_eq!(check(&standard, forged).await.action, Action::Block);
+    // In `detect` mode the same body is a detection (logged and counted), not a pass.
+    let detect = check(&key(WafLevel::Standard, WafMode::Detect, &[]), req()).await;
+    assert_eq!(detect.action, Action::Detect, "{detect:?}");
+    assert_eq!(detect.rule_ids, vec![rules::RULE_BODY_ERROR]);
 }
 
 #[tokio::test]

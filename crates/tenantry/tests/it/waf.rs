@@ -391,6 +391,13 @@ async fn a_missing_engine_follows_on_unavailable() {
             "    waf: { level: \"off\" }\n",
             &b[0],
         ),
+        waf_tenant(
+            "onboarding",
+            "onboarding.localhost",
+            "pro",
+            "    waf: { level: standard, mode: detect }\n",
+            &b[0],
+        ),
     ]
     .concat();
     let deny = format!(
@@ -406,9 +413,14 @@ async fn a_missing_engine_follows_on_unavailable() {
         c.get(t.http, "open.localhost", "/").await.unwrap().status,
         200
     );
+    // `detect` never blocks: served uninspected even under `deny`, and counted.
+    let r = c.get(t.http, "onboarding.localhost", "/").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(t.stderr.contains("WAF engine could not be loaded"));
     assert!(t.stderr.contains("503 waf_unavailable"));
-    assert_eq!(waf_metric(&t.metrics().await, "acme", "unavailable"), 1);
+    let m = t.metrics().await;
+    assert_eq!(waf_metric(&m, "acme", "unavailable"), 1);
+    assert_eq!(waf_metric(&m, "onboarding", "unavailable"), 1);
 
     let allow = format!(
         "waf: {{ library: libmodsecurity-missing.so.3, on_unavailable: allow }}\n{}",
