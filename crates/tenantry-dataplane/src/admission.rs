@@ -126,10 +126,14 @@ impl RateRule {
         }
     }
 
-    /// The limiter key for one request: `tn:rl:<tenant>:*:tenant`,
+    /// The limiter key for one request: `tn:rl:<tenant>:*:tenant:<rpm>/<burst>`,
     /// `tn:rl:<tenant>:<route>:route`, `…:<route>:ip:<address>` or `…:<route>:key:<hash>`.
     /// Every node builds the same key from the same snapshot. (Built per request rather than
     /// stored: a route keeps one pointer for its rules, whatever the number of tenants.)
+    ///
+    /// A tenant-wide bucket is named by its rate too: the plan's limit and a route's own
+    /// `key: tenant` limit share a bucket only when their rates are the same (one stored state
+    /// read with two different rates would enforce neither).
     pub fn key_for(
         &self,
         tenant: &TenantId,
@@ -143,7 +147,11 @@ impl RateRule {
         s.push_str(tenant.as_str());
         s.push(':');
         if self.key == RateLimitKey::Tenant {
-            s.push_str("*:tenant");
+            let mut n = itoa::Buffer::new();
+            s.push_str("*:tenant:");
+            s.push_str(n.format(self.rate.per_period));
+            s.push('/');
+            s.push_str(n.format(self.rate.burst));
             return s;
         }
         s.push_str(route.as_str());
@@ -678,8 +686,20 @@ mod tests {
         );
         let r = RouteId::parse("web").unwrap();
         let h = HeaderMap::new();
-        assert_eq!(rule.key_for(&t1, &r, ip, &h), "tn:rl:t1:*:tenant");
-        assert_eq!(rule.key_for(&t2, &r, ip, &h), "tn:rl:t2:*:tenant");
+        assert_eq!(rule.key_for(&t1, &r, ip, &h), "tn:rl:t1:*:tenant:600/100");
+        assert_eq!(rule.key_for(&t2, &r, ip, &h), "tn:rl:t2:*:tenant:600/100");
+        // A route's own tenant-wide rule shares the plan's bucket only at the same rate.
+        let other = RouteId::parse("api").unwrap();
+        let same = RateRule::new(600, Some(100), RateLimitKey::Tenant);
+        assert_eq!(
+            same.key_for(&t1, &other, ip, &h),
+            rule.key_for(&t1, &r, ip, &h)
+        );
+        let stricter = RateRule::new(60, Some(100), RateLimitKey::Tenant);
+        assert_eq!(
+            stricter.key_for(&t1, &other, ip, &h),
+            "tn:rl:t1:*:tenant:60/100"
+        );
         let by_key = RateRule::new(60, None, RateLimitKey::ApiKey);
         assert_eq!(by_key.key_for(&t1, &r, ip, &h), "tn:rl:t1:web:ip:10.0.0.1");
         let mut h = HeaderMap::new();
