@@ -178,20 +178,39 @@ impl ConfigSource for StoreSource {
                 .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
             // Other nodes reload these tenants from the store; this node applies the snapshot
             // as soon as it is returned (the published change may arrive first: harmless).
-            if let Some(c) = cluster {
-                let mut published = Vec::with_capacity(changed.len());
-                for id in changed {
-                    let config = match store.platform().load_tenant(&id).await {
-                        Ok(state) => state.as_ref().map(tenantry_control::tenant_config_json),
-                        Err(e) => return Err(ReloadError::Build(format!("store: {e}"))),
-                    };
-                    published.push((id, config));
-                }
-                c.publish(published);
+            if let Some(c) = &cluster {
+                publish_imported(&store, c, changed)
+                    .await
+                    .map_err(|e| ReloadError::Build(format!("store: {e}")))?;
             }
             Ok(snapshot)
         })
     }
+}
+
+/// Tells the cluster about tenants a file import changed (at start-up and at each reload):
+/// each one's configuration from the store at `tn:config:<id>` (removed when the tenant is
+/// gone) and one `tn:events` message, so other nodes reload them at once.
+///
+/// # Errors
+/// Reading a tenant from the store failed (nothing is published then).
+pub async fn publish_imported(
+    store: &Store,
+    cluster: &Arc<Cluster>,
+    changed: Vec<TenantId>,
+) -> Result<(), tenantry_store::StoreError> {
+    let mut published = Vec::with_capacity(changed.len());
+    for id in changed {
+        let config = store
+            .platform()
+            .load_tenant(&id)
+            .await?
+            .as_ref()
+            .map(tenantry_control::tenant_config_json);
+        published.push((id, config));
+    }
+    cluster.publish(published);
+    Ok(())
 }
 
 /// The folder relative paths in a file are resolved against.

@@ -224,7 +224,7 @@ async fn serve(
         .context("the store did not answer in time")??;
     let tenants = control::file_tenants(&mut spec, &base);
     drop(spec);
-    store
+    let imported = store
         .platform()
         .import_file_tenants(&tenants)
         .await
@@ -262,6 +262,13 @@ async fn serve(
         )?),
         None => None,
     };
+    // Tenants this start-up's import changed: other nodes reload them now, not at their next
+    // resync, and their `tn:config:<id>` is current.
+    if let Some(c) = &cluster
+        && let Err(e) = control::publish_imported(&store, c, imported).await
+    {
+        tracing::warn!(error = %e, "cluster: the file's changed tenants were not published; other nodes catch up within cluster.config_ttl");
+    }
     crate::cluster::install_quota_sink(&gw, store.clone(), cluster.clone());
     gw.set_config_source(Arc::new(control::StoreSource {
         store: store.clone(),

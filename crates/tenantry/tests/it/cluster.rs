@@ -172,6 +172,66 @@ async fn file_tenants_get_their_plans_rate_limit() {
     assert!((100..=112).contains(&ok), "{ok} allowed");
 }
 
+/// `GET tn:config:<tenant>` on the shared Redis, as JSON (`Null` when absent).
+fn published_config(tenant: &str) -> serde_json::Value {
+    let out = Command::new("redis-cli")
+        .args(["-u", REDIS, "GET", &format!("tn:config:{tenant}")])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits (up to 3 s) until the published configuration of `tenant` satisfies `ok`.
+async fn wait_for_config(
+    tenant: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let c = published_config(tenant);
+        if ok(&c) {
+            return c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "tn:config:{tenant} never matched; last: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node publishes the tenants its start-up import of the file changed: their configuration
+/// at `tn:config:<id>`, so the other nodes (and tools) see them without waiting for a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_file_tenants_are_published_at_start() {
+    if !require_redis() || !require_postgres() {
+        return;
+    }
+    let pg = PgDatabase::create();
+    let b = echo_backends(1).await;
+    let tenant = unique("fs");
+    let host = format!("{tenant}.localhost");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ncluster: {{ config_ttl: 1h }}\ntenants:\n  - id: {tenant}\n    routes:\n      - {{ id: web, host: {host}, backends: [ {{ address: {} }} ] }}\n",
+        b[0].addr
+    );
+    assert!(published_config(&tenant).is_null());
+    let a = node(&yaml, &pg, REDIS).await;
+    let config = wait_for_config(&tenant, |c| !c.is_null()).await;
+    assert_eq!(config["id"], tenant.as_str(), "{config}");
+    assert_eq!(config["routes"][0]["host"], host.as_str(), "{config}");
+    assert_eq!(config["managed_by"], "file", "{config}");
+    assert_eq!(
+        HttpClient::new()
+            .get(a.http, &host, "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
 /// Starts a gateway node on a shared PostgreSQL database and Redis.
 async fn node(yaml: &str, pg: &PgDatabase, redis: &str) -> Tenantry {
     Tenantry::start_in(
@@ -481,7 +541,12 @@ async fn a_change_on_node_a_is_served_by_node_b_within_a_second() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // The published snapshot and the cluster status.
+    // The published snapshot: the tenant's configuration as of its last change.
+    let config = wait_for_config(&tenant, |c| c["status"] == "suspended").await;
+    assert_eq!(config["routes"][0]["host"], host.as_str(), "{config}");
+    assert!(config["version"].as_u64().is_some(), "{config}");
+
+    // The cluster status.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let out = Command::new(bin())
         .args(["cluster", "status", "--redis", REDIS])
