@@ -283,8 +283,9 @@ impl std::fmt::Debug for UsageScanner {
 impl UsageScanner {
     /// `content_type` is the response's Content-Type header value (may be None);
     /// `prompt_tokens_estimate` comes from the request. `text/event-stream` → SSE mode;
-    /// `application/json` (or `+json`) → JSON mode; anything else → ignore mode
-    /// ([`finish`](Self::finish) returns None).
+    /// `application/json` (or `+json`) → JSON mode; anything else (audio, images, plain
+    /// text) → ignore mode: the body is not read, and [`finish`](Self::finish) gives the
+    /// prompt's estimate.
     pub fn new(content_type: Option<&str>, prompt_tokens_estimate: u64) -> UsageScanner {
         let essence = content_type
             .and_then(|ct| ct.split(';').next())
@@ -315,10 +316,11 @@ impl UsageScanner {
     }
 
     /// Called at end of body. Returns the reported usage if one was seen, otherwise the
-    /// estimate; None in ignore mode, or when nothing was found and the estimate is 0.
+    /// estimate (in ignore mode, the prompt's alone); None when nothing was found and the
+    /// estimate is 0. A response the gateway cannot read thus still counts what was sent.
     pub fn finish(self) -> Option<Usage> {
         let (reported, text_tokens) = match self.mode {
-            Mode::Ignore => return None,
+            Mode::Ignore => (None, 0),
             Mode::Json(json) => json.finish(),
             Mode::Sse(sse) => sse.finish(),
         };

@@ -669,8 +669,19 @@ fn ignore_mode() {
         Some("image/png"),
         None,
     ] {
+        // The body is not read; the prompt's estimate is what counts.
         let mut scanner = UsageScanner::new(ct, 100);
         scanner.feed(stream.as_bytes());
+        scanner.feed(CHAT_COMPLETION.as_bytes());
+        assert_eq!(
+            scanner.finish(),
+            Some(Usage {
+                total_tokens: 100,
+                estimated: true
+            }),
+            "{ct:?}"
+        );
+        let mut scanner = UsageScanner::new(ct, 0);
         scanner.feed(CHAT_COMPLETION.as_bytes());
         assert_eq!(scanner.finish(), None, "{ct:?}");
     }
