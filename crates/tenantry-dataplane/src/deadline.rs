@@ -85,6 +85,25 @@ impl Table {
         }
     }
 
+    /// Polls slot `i` of table `generation`: `Ready` once fired, else keeps `cx`'s waker.
+    fn poll_slot(&mut self, i: u32, generation: u64, cx: &mut Context<'_>) -> Poll<()> {
+        // Another table (the sweeper went as its runtime shuts down, or the deadline moved to
+        // another thread): nothing would wake it, so it counts as passed.
+        if self.generation != generation {
+            return Poll::Ready(());
+        }
+        match self.slots.get_mut(i as usize) {
+            Some(Some(s)) if !s.fired => {
+                match &mut s.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
     /// Fires every deadline at or before `now` (all of them when `now` is `None`).
     fn fire(&mut self, now: Option<Instant>) {
         for s in self.slots.iter_mut().flatten() {
@@ -178,56 +197,35 @@ impl Deadline {
 
     /// `Ready` once the deadline has passed; otherwise registers `cx`'s waker to be woken then.
     pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Armed::Timer(sleep) = &mut self.state {
-            return sleep.as_mut().poll(cx);
+        match &mut self.state {
+            Armed::Timer(sleep) => return sleep.as_mut().poll(cx),
+            &mut Armed::Slot(i, generation) => {
+                return TABLE.with(|t| t.borrow_mut().poll_slot(i, generation, cx));
+            }
+            Armed::No => {}
         }
         let at = self.at;
-        let (poll, state) = TABLE.with(|t| {
+        let registered = TABLE.with(|t| {
             let mut t = t.borrow_mut();
-            match self.state {
-                Armed::Slot(i, generation) if t.generation == generation => {
-                    let Some(Some(s)) = t.slots.get_mut(i as usize) else {
-                        return (Poll::Ready(()), None);
-                    };
-                    if s.fired {
-                        return (Poll::Ready(()), None);
-                    }
-                    match &mut s.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        w => *w = Some(cx.waker().clone()),
-                    }
-                    (Poll::Pending, None)
-                }
-                // The sweeper went (its runtime is shutting down), or the deadline moved to
-                // another thread: nothing would wake it, so it counts as passed.
-                Armed::Slot(..) => (Poll::Ready(()), None),
-                _ if t.installed => {
-                    let generation = t.generation;
-                    let i = t.insert(Slot {
-                        at,
-                        waker: Some(cx.waker().clone()),
-                        fired: false,
-                    });
-                    (Poll::Pending, Some(Armed::Slot(i, generation)))
-                }
-                _ => (
-                    Poll::Pending,
-                    Some(Armed::Timer(Box::pin(tokio::time::sleep_until(at.into())))),
-                ),
-            }
+            t.installed.then(|| {
+                let generation = t.generation;
+                let waker = Some(cx.waker().clone());
+                let i = t.insert(Slot {
+                    at,
+                    waker,
+                    fired: false,
+                });
+                (i, generation)
+            })
         });
-        match state {
-            Some(Armed::Timer(mut sleep)) => {
-                let poll = sleep.as_mut().poll(cx);
-                self.state = Armed::Timer(sleep);
-                poll
-            }
-            Some(armed) => {
-                self.state = armed;
-                poll
-            }
-            None => poll,
+        if let Some((i, generation)) = registered {
+            self.state = Armed::Slot(i, generation);
+            return Poll::Pending;
         }
+        let mut sleep = Box::pin(tokio::time::sleep_until(at.into()));
+        let poll = sleep.as_mut().poll(cx);
+        self.state = Armed::Timer(sleep);
+        poll
     }
 }
 

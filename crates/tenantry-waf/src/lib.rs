@@ -148,7 +148,7 @@ impl Verdict {
     /// Whether the only rule that matched is Tenantry's "request body could not be parsed"
     /// (a complete JSON, XML or multipart body the engine could not read).
     pub fn only_unreadable_body(&self) -> bool {
-        self.rule_ids == [rules::RULE_BODY_ERROR] || self.rule_ids == [rules::RULE_MULTIPART_ERROR]
+        matches!(self.rule_ids[..], [id] if rules::UNREADABLE_BODY_RULES.contains(&id))
     }
 }
 

@@ -24,13 +24,6 @@ const SCORING_RULES: [u32; 4] = [949_110, 959_100, 980_130, 980_140];
 /// The CRS's inbound blocking evaluation: its match means "the threshold was reached".
 pub(crate) const INBOUND_BLOCKING_RULE: u32 = 949_110;
 
-/// Rules whose match blocks the request in `block` mode (and is a detection in `detect` mode).
-const DENY_RULES: [u32; 3] = [
-    INBOUND_BLOCKING_RULE,
-    crate::rules::RULE_BODY_ERROR,
-    crate::rules::RULE_MULTIPART_ERROR,
-];
-
 /// The `waf.match_log` file: every message, one per line, in the order they were produced.
 pub(crate) struct MatchLog(Mutex<LineWriter<File>>);
 
@@ -76,7 +69,8 @@ impl Collector<'_> {
         let Some(id) = rule_id(&text) else {
             return;
         };
-        if DENY_RULES.contains(&id) {
+        // A rule that blocks in `block` mode (a detection in `detect` mode).
+        if id == INBOUND_BLOCKING_RULE || crate::rules::UNREADABLE_BODY_RULES.contains(&id) {
             self.would_deny = true;
         }
         if SCORING_RULES.contains(&id) {

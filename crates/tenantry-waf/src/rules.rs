@@ -28,6 +28,8 @@ pub(crate) const RULE_XML_BODY: u32 = 10_002;
 pub(crate) const RULE_BODY_ERROR: u32 = 10_003;
 /// Refuses a multipart body with an ambiguous structure (same reason).
 pub(crate) const RULE_MULTIPART_ERROR: u32 = 10_004;
+/// Tenantry's own rules that deny: an unreadable body.
+pub(crate) const UNREADABLE_BODY_RULES: [u32; 2] = [RULE_BODY_ERROR, RULE_MULTIPART_ERROR];
 
 /// The header through which Tenantry tells its own rules that the body was cut at
 /// `waf.max_body` (a client's header of that name is never passed on to the engine).

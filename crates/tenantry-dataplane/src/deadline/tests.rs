@@ -20,7 +20,7 @@ fn live() -> usize {
 async fn bounded<F: Future>(after: Duration, fut: F) -> (Result<F::Output, Elapsed>, bool) {
     let mut d = Deadline::at(Instant::now() + after);
     let out = race(&mut d, pin!(fut)).await;
-    let coarse = matches!(d.state, Armed::Slot(..) | Armed::No);
+    let coarse = matches!(d.state, Armed::Slot(..));
     (out, coarse)
 }
 
