@@ -46,6 +46,7 @@ pub(crate) struct Api {
     create_rules_set: unsafe extern "C" fn() -> *mut Opaque,
     rules_add: unsafe extern "C" fn(*mut Opaque, *const c_char, *mut *const c_char) -> c_int,
     rules_cleanup: unsafe extern "C" fn(*mut Opaque) -> c_int,
+    rules_merge: unsafe extern "C" fn(*mut Opaque, *mut Opaque, *mut *const c_char) -> c_int,
     new_transaction_with_id:
         unsafe extern "C" fn(*mut Opaque, *mut Opaque, *mut c_char, *mut c_void) -> *mut Opaque,
     process_connection:
@@ -85,6 +86,7 @@ impl Api {
             create_rules_set: sym!(lib, "msc_create_rules_set"),
             rules_add: sym!(lib, "msc_rules_add"),
             rules_cleanup: sym!(lib, "msc_rules_cleanup"),
+            rules_merge: sym!(lib, "msc_rules_merge"),
             new_transaction_with_id: sym!(lib, "msc_new_transaction_with_id"),
             process_connection: sym!(lib, "msc_process_connection"),
             process_uri: sym!(lib, "msc_process_uri"),
@@ -158,37 +160,77 @@ impl Rules {
     /// Parses `text` (directives, `Include`s with absolute paths) into a new rules set.
     /// Returns the set and the number of rules loaded.
     pub(crate) fn parse(api: &'static Api, text: &str) -> Result<(Rules, usize), String> {
-        let text = CString::new(text).map_err(|e| e.to_string())?;
+        let rules = Rules::empty(api)?;
+        let n = rules.add(text)?;
+        Ok((rules, n))
+    }
+
+    /// A set made of `head` (directives parsed first, so that the properties they set win,
+    /// e.g. `SecRuleEngine DetectionOnly`, and `SecRuleRemoveById` lists, which apply as the
+    /// rules run) followed by every rule and property of `base`. The rules themselves are
+    /// shared with `base` (libmodsecurity merges sets by copying `shared_ptr`s), so this costs
+    /// a few kilobytes where a set parsed again costs ~15 MB. Returns the set and the number
+    /// of rules merged.
+    pub(crate) fn derive(
+        api: &'static Api,
+        head: &str,
+        base: &Rules,
+    ) -> Result<(Rules, usize), String> {
+        let rules = Rules::empty(api)?;
+        rules.add(head)?;
+        let _parsing = PARSER.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err: *const c_char = ptr::null();
+        // SAFETY: both sets are live; `base` is only read (its rules' reference counts are
+        // atomic, so transactions may run on it meanwhile). On error the library stores a
+        // strdup'ed message in err, which we free.
+        let n = unsafe { (api.rules_merge)(rules.ptr, base.ptr, &mut err) };
+        check(n, err, "the rules could not be merged")?;
+        Ok((rules, usize::try_from(n).unwrap_or(0)))
+    }
+
+    fn empty(api: &'static Api) -> Result<Rules, String> {
         // SAFETY: no preconditions.
         let ptr = unsafe { (api.create_rules_set)() };
         if ptr.is_null() {
             return Err("msc_create_rules_set returned null".into());
         }
-        let rules = Rules { api, ptr };
-        // libmodsecurity's configuration parser (bison/flex) keeps global state: one parse
-        // at a time in the process.
-        static PARSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        Ok(Rules { api, ptr })
+    }
+
+    /// Parses `text` into this set; the number of rules it added.
+    fn add(&self, text: &str) -> Result<usize, String> {
+        let text = CString::new(text).map_err(|e| e.to_string())?;
         let _parsing = PARSER.lock().unwrap_or_else(|p| p.into_inner());
         let mut err: *const c_char = ptr::null();
         // SAFETY: ptr is a live set, text is NUL-terminated; on error the library stores a
         // strdup'ed message in err, which we free.
-        let n = unsafe { (api.rules_add)(ptr, text.as_ptr(), &mut err) };
-        if n < 0 || !err.is_null() {
-            let msg = if err.is_null() {
-                "the rules could not be loaded".to_owned()
-            } else {
-                // SAFETY: err is a NUL-terminated string allocated by the library.
-                let m = unsafe { CStr::from_ptr(err) }
-                    .to_string_lossy()
-                    .into_owned();
-                // SAFETY: allocated with malloc by strdup.
-                unsafe { free(err as *mut c_void) };
-                m
-            };
-            return Err(msg.trim().to_owned());
-        }
-        Ok((rules, usize::try_from(n).unwrap_or(0)))
+        let n = unsafe { (self.api.rules_add)(self.ptr, text.as_ptr(), &mut err) };
+        check(n, err, "the rules could not be loaded")?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
+}
+
+/// libmodsecurity's configuration parser (bison/flex) keeps global state: one parse (or
+/// merge) at a time in the process.
+static PARSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `Err` with the library's message when a `msc_rules_*` call failed (and frees it).
+fn check(n: c_int, err: *const c_char, fallback: &str) -> Result<(), String> {
+    if n >= 0 && err.is_null() {
+        return Ok(());
+    }
+    let msg = if err.is_null() {
+        fallback.to_owned()
+    } else {
+        // SAFETY: err is a NUL-terminated string allocated by the library.
+        let m = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: allocated with malloc by strdup.
+        unsafe { free(err as *mut c_void) };
+        m
+    };
+    Err(msg.trim().to_owned())
 }
 
 impl Drop for Rules {

@@ -3,28 +3,34 @@
 //! - **Loading.** [`Waf::start`] opens `libmodsecurity.so.3` at run time (see `ffi`), so a
 //!   machine without it still builds and runs Tenantry; the caller decides what routes that
 //!   need the WAF do then (`waf.on_unavailable`).
-//! - **Rules sets.** One compiled set per [`RulesKey`] (level, mode, exclusions), built on
-//!   first use and shared by every route with that key: tenants of a plan without their own
-//!   exclusions share one set per level. A set holds Tenantry's engine directives, the level's
-//!   CRS tuning, the CRS rules from the configured directory, and `waf.extra_rules`.
-//! - **Inspection.** [`Waf::inspect`] queues the request on a bounded pool of threads (each
+//! - **Rules sets.** One set per [`RulesKey`] (level, mode, exclusions), built on first use
+//!   and shared by every route with that key. Only each level's blocking set without
+//!   exclusions is compiled from the CRS: it holds Tenantry's engine directives, the level's
+//!   CRS tuning, the CRS rules from the configured directory, and `waf.extra_rules`. A
+//!   `detect` set, or one with a tenant's exclusions, is that set's rules (shared, not
+//!   copied) behind a small head of directives; see [`Waf::rules`].
+//! - **Inspection.** [`Waf::inspect`] queues the request for a bounded pool of threads (each
 //!   with its own libmodsecurity instance) and awaits the [`Verdict`]: the proxy's event loops
-//!   never run a rule. One tenant holds at most half of the queue: its further requests wait
-//!   (asynchronously, up to [`QUEUE_WAIT`]) for one of its own slots, so other tenants keep
-//!   theirs. [`WafError::Busy`] answers a request that waited that long, or finds the whole
-//!   queue full. An inspection whose request was abandoned meanwhile is skipped.
+//!   never run a rule. The queue keeps one FIFO per tenant and serves them round robin (see
+//!   `queue`), so a tenant's inspection waits behind at most one of each other busy tenant's,
+//!   not behind a heavy tenant's backlog. One tenant holds at most half of the queue: its
+//!   further requests wait (asynchronously, up to [`QUEUE_WAIT`]) for one of its own slots.
+//!   When the queue is full, the tenant with the longest queue gives up its newest request to
+//!   a tenant with fewer. [`WafError::Busy`] answers a request that waited too long, was
+//!   given up that way, or belongs to the longest queue when the queue is full. An inspection
+//!   whose request was abandoned meanwhile is skipped.
 //!
 //! Only the `ffi` module may use `unsafe` (the workspace denies it everywhere else).
 
 mod ffi;
 mod log;
+mod queue;
 mod rules;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_void};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -34,6 +40,8 @@ use tenantry_domain::{TenantId, WafMode};
 use tokio::sync::{Semaphore, oneshot};
 
 pub use rules::RulesKey;
+
+use queue::{FairQueue, Refused};
 
 type FastMap<K, V> = HashMap<K, V>;
 
@@ -62,6 +70,8 @@ pub struct RuleSet {
     rules: ffi::Rules,
     key: RulesKey,
     count: usize,
+    /// The level's blocking set whose rules a derived set shares (`None`: this is one).
+    base: Option<Arc<RuleSet>>,
 }
 
 impl RuleSet {
@@ -73,6 +83,12 @@ impl RuleSet {
     /// Number of rules libmodsecurity loaded.
     pub fn rule_count(&self) -> usize {
         self.count
+    }
+
+    /// Whether the set shares its rules with its level's blocking set (a `detect` set, or one
+    /// with exclusions) rather than holding its own.
+    pub fn is_derived(&self) -> bool {
+        self.base.is_some()
     }
 }
 
@@ -155,7 +171,7 @@ impl Verdict {
 struct Job {
     rules: Arc<RuleSet>,
     request: Inspection,
-    reply: oneshot::Sender<Verdict>,
+    reply: oneshot::Sender<Result<Verdict, WafError>>,
 }
 
 struct Inner {
@@ -163,7 +179,7 @@ struct Inner {
     api: &'static ffi::Api,
     version: String,
     sets: Mutex<FastMap<RulesKey, Weak<RuleSet>>>,
-    queue: SyncSender<Job>,
+    queue: Arc<FairQueue<TenantId, Job>>,
     /// Each tenant's inspection slots (queued or running), created on first use.
     per_tenant: Mutex<(FastMap<TenantId, Arc<Semaphore>>, usize)>,
     /// Most inspections one tenant may have queued or running.
@@ -209,8 +225,7 @@ impl Waf {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         let capacity = settings.queue.max(1);
-        let (tx, rx) = sync_channel::<Job>(capacity);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(FairQueue::new(capacity));
         let mut engines = vec![probe];
         for _ in 1..workers {
             engines.push(
@@ -219,12 +234,15 @@ impl Waf {
             );
         }
         for (i, engine) in engines.into_iter().enumerate() {
-            let rx = Arc::clone(&rx);
+            let mine = Arc::clone(&queue);
             let log = match_log.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("tenantry-waf-{i}"))
-                .spawn(move || worker(engine, &rx, log.as_deref()))
-                .map_err(|e| WafError::Unavailable(format!("inspection thread: {e}")))?;
+                .spawn(move || worker(engine, &mine, log.as_deref()));
+            if let Err(e) = spawned {
+                queue.close();
+                return Err(WafError::Unavailable(format!("inspection thread: {e}")));
+            }
         }
         Ok(Waf {
             inner: Arc::new(Inner {
@@ -232,7 +250,7 @@ impl Waf {
                 api,
                 version,
                 sets: Mutex::default(),
-                queue: tx,
+                queue,
                 per_tenant: Mutex::new((FastMap::default(), 64)),
                 tenant_share: (capacity + workers).div_ceil(2),
                 workers,
@@ -256,23 +274,47 @@ impl Waf {
         self.inner.pending.load(Ordering::Relaxed)
     }
 
-    /// The rules set for `key`, compiled now if no route uses it yet (tens of milliseconds
-    /// with the full CRS: call it when building routes, not per request).
+    /// The rules set for `key`, built now if no route uses it yet: call it when building
+    /// routes, not per request.
+    ///
+    /// Each level's blocking set without exclusions is compiled from the CRS (tens of
+    /// milliseconds and ~15 MB). Every other key of the level (`detect` mode, a tenant's
+    /// exclusions) derives from it: a small head (`SecRuleEngine DetectionOnly`,
+    /// `SecRuleRemoveById …`) merged with the compiled set, sharing its rules. A thousand
+    /// tenants with their own exclusions therefore cost a thousand small sets, not a thousand
+    /// copies of the CRS.
     pub fn rules(&self, key: &RulesKey) -> Result<Arc<RuleSet>, WafError> {
+        let base_key = RulesKey {
+            level: key.level,
+            mode: WafMode::Block,
+            exclusions: Box::default(),
+        };
+        // The base first (its own call, without holding the lock across both).
+        let base = if *key == base_key {
+            None
+        } else {
+            Some(self.rules(&base_key)?)
+        };
         let mut sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(set) = sets.get(key).and_then(Weak::upgrade) {
             return Ok(set);
         }
         sets.retain(|_, w| w.strong_count() > 0);
-        let text = rules::text(&self.inner.settings, key);
         let started = std::time::Instant::now();
-        let (compiled, count) =
-            ffi::Rules::parse(self.inner.api, &text).map_err(WafError::Rules)?;
+        let (compiled, count) = match &base {
+            None => {
+                let text = rules::text(&self.inner.settings, key.level);
+                ffi::Rules::parse(self.inner.api, &text)
+            }
+            Some(b) => ffi::Rules::derive(self.inner.api, &rules::head(key), &b.rules),
+        }
+        .map_err(WafError::Rules)?;
         tracing::info!(
             level = key.level.as_str(),
             mode = key.mode.as_str(),
             exclusions = key.exclusions.len(),
             rules = count,
+            derived = base.is_some(),
             ms = started.elapsed().as_millis() as u64,
             "WAF rules set compiled"
         );
@@ -280,9 +322,22 @@ impl Waf {
             rules: compiled,
             key: key.clone(),
             count,
+            base,
         });
         sets.insert(key.clone(), Arc::downgrade(&set));
         Ok(set)
+    }
+
+    /// Holds or releases the inspection queue (tests: a backlog that cannot drain yet).
+    #[cfg(test)]
+    pub(crate) fn hold_queue(&self, held: bool) {
+        self.inner.queue.hold(held);
+    }
+
+    /// Inspections queued, not yet taken by an inspection thread.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.inner.queue.len()
     }
 
     /// Inspects a request with `rules` on the pool, for `tenant` (whose share of the queue
@@ -308,12 +363,22 @@ impl Waf {
             request,
             reply,
         };
-        match self.inner.queue.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(WafError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(WafError::Failed),
+        match self.inner.queue.push(tenant, job) {
+            Ok(None) => {}
+            Ok(Some(evicted)) => {
+                let _ = evicted.reply.send(Err(WafError::Busy));
+            }
+            Err(Refused::Full(_)) => return Err(WafError::Busy),
+            Err(Refused::Closed(_)) => return Err(WafError::Failed),
         }
-        verdict.await.map_err(|_| WafError::Failed)
+        verdict.await.map_err(|_| WafError::Failed)?
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: the inspection threads finish their current request and exit.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
@@ -379,17 +444,14 @@ fn cstr<'b>(buf: &'b mut Vec<u8>, s: &[u8]) -> &'b CStr {
     CStr::from_bytes_until_nul(buf).unwrap_or(c"")
 }
 
-fn worker(engine: ffi::Engine, rx: &Mutex<Receiver<Job>>, match_log: Option<&log::MatchLog>) {
+fn worker(
+    engine: ffi::Engine,
+    queue: &FairQueue<TenantId, Job>,
+    match_log: Option<&log::MatchLog>,
+) {
     ffi::batch_policy();
     let mut scratch = Scratch::default();
-    loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            rx.recv()
-        };
-        let Ok(job) = job else {
-            return;
-        };
+    while let Some(job) = queue.pop() {
         // The request was abandoned (client gone) while it waited: nobody wants the verdict.
         if job.reply.is_closed() {
             continue;
@@ -399,7 +461,7 @@ fn worker(engine: ffi::Engine, rx: &Mutex<Receiver<Job>>, match_log: Option<&log
         }));
         match result {
             Ok(verdict) => {
-                let _ = job.reply.send(verdict);
+                let _ = job.reply.send(Ok(verdict));
             }
             Err(_) => {
                 tracing::error!(request_id = %job.request.request_id, "WAF inspection panicked");

@@ -13,7 +13,7 @@ use tenantry_domain::{WafLevel, WafMode};
 pub struct RulesKey {
     /// The level (never `Off`: such routes have no set).
     pub level: WafLevel,
-    /// `Detect` compiles with `SecRuleEngine DetectionOnly`.
+    /// `Detect` runs the level's rules under `SecRuleEngine DetectionOnly`.
     pub mode: WafMode,
     /// Rule ids removed from the set (`SecRuleRemoveById`).
     pub exclusions: Box<[u32]>,
@@ -44,13 +44,27 @@ pub(crate) fn tuning(s: &WafSettings, level: WafLevel) -> WafLevelTuning {
     }
 }
 
-/// The text of the rules set for `key`.
-pub(crate) fn text(s: &WafSettings, key: &RulesKey) -> String {
-    let t = tuning(s, key.level);
-    let engine = match key.mode {
-        WafMode::Block => "On",
-        WafMode::Detect => "DetectionOnly",
-    };
+/// The directives that make `key`'s set out of its level's blocking set (parsed before that
+/// set is merged in, so the engine mode set here wins; the removals apply as rules run).
+pub(crate) fn head(key: &RulesKey) -> String {
+    let mut out = String::new();
+    if key.mode == WafMode::Detect {
+        out.push_str("SecRuleEngine DetectionOnly\n");
+    }
+    if !key.exclusions.is_empty() {
+        out.push_str("SecRuleRemoveById");
+        for id in &key.exclusions {
+            let _ = write!(out, " {id}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The text of `level`'s blocking set without exclusions, the one set per level compiled
+/// whole (every other key of the level derives from it with [`head`]).
+pub(crate) fn text(s: &WafSettings, level: WafLevel) -> String {
+    let t = tuning(s, level);
     // ModSecurity's own body limit sits above ours: the proxy never hands it more than
     // `max_body` bytes, and says so when it cut the body.
     let limit = s.max_body.saturating_add(1);
@@ -58,7 +72,7 @@ pub(crate) fn text(s: &WafSettings, key: &RulesKey) -> String {
     let mut out = String::with_capacity(2048);
     let _ = write!(
         out,
-        r#"SecRuleEngine {engine}
+        r#"SecRuleEngine On
 SecRequestBodyAccess On
 SecRequestBodyLimit {limit}
 SecRequestBodyNoFilesLimit {limit}
@@ -92,13 +106,6 @@ Include {crs}/*.conf
     for p in &s.extra_rules {
         let _ = writeln!(out, "Include {}", p.display());
     }
-    if !key.exclusions.is_empty() {
-        out.push_str("SecRuleRemoveById");
-        for id in &key.exclusions {
-            let _ = write!(out, " {id}");
-        }
-        out.push('\n');
-    }
     out
 }
 
@@ -109,30 +116,28 @@ mod tests {
     #[test]
     fn text_follows_level_mode_and_exclusions() {
         let s = WafSettings::default();
-        let t = text(
-            &s,
-            &RulesKey {
-                level: WafLevel::Strict,
-                mode: WafMode::Detect,
-                exclusions: vec![942100, 941100].into(),
-            },
-        );
-        assert!(t.contains("SecRuleEngine DetectionOnly\n"));
+        // The level in the compiled text; the mode and exclusions in the derived head.
+        let t = text(&s, WafLevel::Strict);
+        let h = head(&RulesKey {
+            level: WafLevel::Strict,
+            mode: WafMode::Detect,
+            exclusions: vec![942100, 941100].into(),
+        });
+        assert!(h.contains("SecRuleEngine DetectionOnly\n"));
         assert!(t.contains("tx.paranoia_level=2\""));
         assert!(t.contains("tx.executing_paranoia_level=3\""));
         assert!(t.contains("tx.inbound_anomaly_score_threshold=5,"));
         assert!(t.contains("Include /usr/share/modsecurity-crs/rules/*.conf\n"));
-        assert!(t.ends_with("SecRuleRemoveById 942100 941100\n"));
-        let b = text(
-            &s,
-            &RulesKey {
-                level: WafLevel::Basic,
-                mode: WafMode::Block,
-                exclusions: Box::default(),
-            },
-        );
+        assert!(h.ends_with("SecRuleRemoveById 942100 941100\n"));
+        let b = text(&s, WafLevel::Basic);
+        let bh = head(&RulesKey {
+            level: WafLevel::Basic,
+            mode: WafMode::Block,
+            exclusions: Box::default(),
+        });
         assert!(b.contains("SecRuleEngine On\n"));
         assert!(b.contains("tx.inbound_anomaly_score_threshold=10,"));
         assert!(!b.contains("SecRuleRemoveById"));
+        assert!(bh.is_empty());
     }
 }

@@ -311,6 +311,41 @@ async fn rules_sets_are_shared_by_key() {
         .unwrap();
     assert!(!Arc::ptr_eq(&a, &c));
     assert!(waf.version().contains("ModSecurity"), "{}", waf.version());
+    // Only the blocking set without exclusions is compiled; the others share its rules.
+    assert!(!a.is_derived());
+    assert!(c.is_derived());
+    assert!(Arc::ptr_eq(c.base.as_ref().unwrap(), &a));
+    assert_eq!(c.rule_count(), a.rule_count());
+    let d = waf
+        .rules(&key(WafLevel::Strict, WafMode::Block, &[942100]))
+        .unwrap();
+    assert!(d.is_derived() && Arc::ptr_eq(d.base.as_ref().unwrap(), &a));
+}
+
+/// A derived set behaves as a compiled one: detect mode reports without blocking, and
+/// exclusions remove exactly their rules, also when both apply.
+#[tokio::test]
+async fn derived_sets_apply_their_mode_and_exclusions() {
+    let Some(_) = waf() else {
+        return;
+    };
+    let sqli = || request("GET", "/?id=1%27%20OR%20%271%27%3D%271", &[], b"");
+    let block = check(&key(WafLevel::Standard, WafMode::Block, &[]), sqli()).await;
+    assert_eq!(block.action, Action::Block);
+    assert!(block.rule_ids.contains(&942100), "{block:?}");
+    let detect = check(&key(WafLevel::Standard, WafMode::Detect, &[]), sqli()).await;
+    assert_eq!(detect.action, Action::Detect);
+    assert_eq!(detect.rule_ids, block.rule_ids);
+    // Every rule that matched, removed: nothing left to score.
+    let all = block.rule_ids.clone();
+    let excluded = check(&key(WafLevel::Standard, WafMode::Block, &all), sqli()).await;
+    assert_eq!(excluded.action, Action::Pass, "{excluded:?}");
+    assert!(excluded.rule_ids.is_empty(), "{excluded:?}");
+    let both = check(&key(WafLevel::Standard, WafMode::Detect, &[942100]), sqli()).await;
+    assert!(!both.rule_ids.contains(&942100), "{both:?}");
+    // The base set is untouched by its derived sets' removals.
+    let again = check(&key(WafLevel::Standard, WafMode::Block, &[]), sqli()).await;
+    assert_eq!(again, block);
 }
 
 #[test]
@@ -380,6 +415,83 @@ async fn a_tenant_beyond_its_share_waits_and_others_keep_theirs() {
             Action::Pass,
             "the heavy tenant's requests waited, none refused"
         );
+    }
+    assert_eq!(waf.pending(), 0);
+}
+
+/// With one inspection thread and a heavy tenant's backlog queued, another tenant's request
+/// is served within a couple of inspections (round robin), not behind the backlog (FIFO).
+/// The queue is held while the backlog builds, so it cannot drain first however slow the
+/// machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_inspection_does_not_wait_behind_a_backlog() {
+    use std::sync::atomic::AtomicUsize;
+    let Some(shared) = waf() else {
+        return;
+    };
+    let mut settings = shared.settings().clone();
+    settings.workers = Some(1);
+    settings.queue = 64; // the heavy tenant may hold 32
+    let waf = Waf::start(&settings).unwrap();
+    let rules = waf
+        .rules(&key(WafLevel::Standard, WafMode::Block, &[]))
+        .unwrap();
+    let queued = async |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while waf.queued() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} inspections queued",
+                waf.queued()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    waf.hold_queue(true);
+    let heavy = TenantId::parse("heavy").unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (waf, rules, heavy, done) = (
+            waf.clone(),
+            Arc::clone(&rules),
+            heavy.clone(),
+            Arc::clone(&done),
+        );
+        tasks.push(tokio::spawn(async move {
+            let v = waf
+                .inspect(&rules, &heavy, request("POST", "/a?b=c", &[], b"x=1&y=2"))
+                .await;
+            done.fetch_add(1, Ordering::SeqCst);
+            v
+        }));
+    }
+    queued(32).await;
+    let other = {
+        let (waf, rules) = (waf.clone(), Arc::clone(&rules));
+        tokio::spawn(async move {
+            waf.inspect(
+                &rules,
+                &TenantId::parse("other").unwrap(),
+                request("GET", "/", &[], b""),
+            )
+            .await
+        })
+    };
+    queued(33).await;
+    assert_eq!(done.load(Ordering::SeqCst), 0, "the queue was held");
+    waf.hold_queue(false);
+    let other = other.await.unwrap();
+    let heavy_served = done.load(Ordering::SeqCst);
+    assert_eq!(other.unwrap().action, Action::Pass);
+    // Round robin serves one heavy inspection first; the rest of the margin is for the
+    // inspection thread running on while this task wakes. FIFO would serve all 32.
+    assert!(
+        heavy_served <= 8,
+        "{heavy_served} of the heavy tenant's inspections ran first"
+    );
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().action, Action::Pass);
     }
     assert_eq!(waf.pending(), 0);
 }

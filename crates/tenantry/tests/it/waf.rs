@@ -375,6 +375,109 @@ async fn bodies_beyond_max_body() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    // A body of unknown length (chunked) is refused once it grows past the bound...
+    let chunk = "a".repeat(700);
+    let chunked = |chunks: &[&str]| {
+        let mut raw = String::from(
+            "POST /f HTTP/1.1\r\nHost: acme.localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        for c in chunks {
+            raw.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+        }
+        raw.push_str("0\r\n\r\n");
+        raw
+    };
+    let raw = chunked(&[&format!("a={chunk}"), &chunk]);
+    let reply = raw_request(t2.http, raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("payload_too_large"), "{reply}");
+    // ...and served when it stays within it.
+    let raw = chunked(&["a=1", "&b=2"]);
+    let reply = raw_request(t2.http, raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"body_bytes\":7"), "{reply}");
+}
+
+/// `strict` (paranoia 2) blocks what `standard` (paranoia 1) lets through, and still serves
+/// clean traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_blocks_paranoia_2_attacks_that_standard_lets_through() {
+    if !waf_installed() {
+        return;
+    }
+    let b = echo_backends(1).await;
+    let tenants = [
+        waf_tenant(
+            "std",
+            "std.localhost",
+            "free",
+            "    waf: { level: standard }\n",
+            &b[0],
+        ),
+        waf_tenant(
+            "str",
+            "str.localhost",
+            "free",
+            "    waf: { level: strict }\n",
+            &b[0],
+        ),
+    ]
+    .concat();
+    let t = Tenantry::start(bin(), &config(&tenants)).await;
+    let c = HttpClient::new();
+    // An HTML tag with an attribute: CRS rule 941320 (XSS, paranoia level 2).
+    let tag: Case = ("html tag", "GET", "/p?x=%3Cabbr%20title%3Dx%3E", &[], b"");
+    assert_eq!(send(&c, &t, "std.localhost", &tag).await.status, 200);
+    let r = send(&c, &t, "str.localhost", &tag).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    // (920320, a missing User-Agent, is paranoia 2 as well: it scores 2 of the 5 needed.)
+    let ids = r.json()["rule_ids"].clone();
+    assert!(ids.as_array().unwrap().contains(&941320.into()), "{ids}");
+    for case in &ATTACKS {
+        assert_eq!(
+            send(&c, &t, "str.localhost", case).await.status,
+            403,
+            "{}",
+            case.0
+        );
+    }
+    for case in &CLEAN[..2] {
+        assert_eq!(
+            send(&c, &t, "str.localhost", case).await.status,
+            200,
+            "{}",
+            case.0
+        );
+    }
+}
+
+/// The WAF phase comes before rate limiting: blocked requests spend none of the tenant's
+/// budget, so a limit of one request lets the clean request after three attacks through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_requests_are_not_counted_by_the_rate_limit() {
+    if !waf_installed() {
+        return;
+    }
+    let b = echo_backends(1).await;
+    let tenants = format!(
+        "  - id: acme\n    plan: pro\n    waf: {{ level: standard }}\n    routes:\n      - id: web\n        host: acme.localhost\n        ratelimit: {{ requests_per_minute: 1, burst: 1 }}\n        backends: [ {{ address: {} }} ]\n",
+        b[0].addr
+    );
+    let t = Tenantry::start(bin(), &config(&tenants)).await;
+    let c = HttpClient::new();
+    for _ in 0..3 {
+        let r = send(&c, &t, "acme.localhost", &ATTACKS[0]).await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+        assert_eq!(r.json()["error"], "waf_blocked");
+    }
+    assert_eq!(send(&c, &t, "acme.localhost", &CLEAN[0]).await.status, 200);
+    let r = send(&c, &t, "acme.localhost", &CLEAN[0]).await;
+    assert_eq!(r.status, 429, "the limit holds once a request was served");
+    // An attack over the limit is still the WAF's: 403, not 429.
+    assert_eq!(
+        send(&c, &t, "acme.localhost", &ATTACKS[1]).await.status,
+        403
+    );
 }
 
 /// Runs everywhere: a library that cannot be loaded gives 503 under `deny` (the default),
