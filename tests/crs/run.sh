@@ -11,7 +11,10 @@
 #                           only applied to a full run (no extra pytest args)
 #   CRS_CACHE=dir           sources, venv and run files (default target/crs-regression)
 #   CRS_DIR=dir             the CRS whose rules/ are tested (default /usr/share/modsecurity-crs)
-#   CRS_DEB_VERSION=v       the modsecurity-crs source version (default 3.3.4-1+deb12u3)
+#   CRS_DEB_VERSION=v       the modsecurity-crs source version (default: the installed
+#                           package's, so the tests match the rules and a Debian update does
+#                           not leave CI asking for a source the mirror no longer has; with
+#                           CRS_DIR elsewhere, or nothing installed, 3.3.4-1+deb12u3)
 #   CRS_INSTALL=0           do not apt-get install missing system packages
 # Output: "crs regression: N passed, M failed of T"; failing tests (with the failed check)
 # in $CRS_CACHE/run-$TARGET/failed.txt, the WAF log in $CRS_CACHE/run-$TARGET/modsec.log.
@@ -22,15 +25,13 @@ HERE="$ROOT/tests/crs"
 TARGET=${TARGET:-tenantry}
 CACHE=${CRS_CACHE:-$ROOT/target/crs-regression}
 CRS_DIR=${CRS_DIR:-/usr/share/modsecurity-crs}
-CRS_DEB_VERSION=${CRS_DEB_VERSION:-3.3.4-1+deb12u3}
+CRS_DEB_VERSION=${CRS_DEB_VERSION:-}
 CRS_MIN_PASS=${CRS_MIN_PASS:-2344}
 TENANTRY_BIN=${TENANTRY_BIN:-$ROOT/target/debug/tenantry}
 case "$TARGET" in tenantry | nginx) ;; *) echo "TARGET must be tenantry or nginx" >&2; exit 2 ;; esac
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
 RUN="$CACHE/run-$TARGET"
-SRC="$CACHE/src/crs-$CRS_DEB_VERSION"
-TESTS="$SRC/tests/regression/tests"
 VENV="$CACHE/venv"
 
 export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in tests/crs
@@ -58,9 +59,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 installed=$(dpkg-query -W -f='${Version}' modsecurity-crs 2>/dev/null || true)
+if [ -z "$CRS_DEB_VERSION" ]; then
+  if [ "$CRS_DIR" = /usr/share/modsecurity-crs ] && [ -n "$installed" ]; then
+    CRS_DEB_VERSION=$installed
+  else
+    CRS_DEB_VERSION=3.3.4-1+deb12u3
+  fi
+fi
 if [ "$CRS_DIR" = /usr/share/modsecurity-crs ] && [ "$installed" != "$CRS_DEB_VERSION" ]; then
   log "warning: installed modsecurity-crs is $installed, the tests are from $CRS_DEB_VERSION"
 fi
+SRC="$CACHE/src/crs-$CRS_DEB_VERSION"
+TESTS="$SRC/tests/regression/tests"
 
 # --- the suite: Debian's source package, fetched with a private apt state -----------------
 if [ ! -d "$TESTS" ]; then
