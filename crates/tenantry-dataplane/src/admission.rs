@@ -62,6 +62,9 @@ pub struct RateRule {
     pub rate: Rate,
     /// Who shares a bucket.
     pub key: RateLimitKey,
+    /// Whether this is the plan's `requests_per_minute` (a quota, whose 80% and 100% are
+    /// reported to the owner) rather than a route's own `ratelimit`.
+    pub plan: bool,
 }
 
 impl Admission {
@@ -71,8 +74,10 @@ impl Admission {
         let rate = match &r.ratelimit {
             Some(rl) => Some(RateRule::new(rl.requests_per_minute, rl.burst, rl.key)),
             None => limits.and_then(|l| {
-                l.requests_per_minute
-                    .map(|rpm| RateRule::new(rpm, l.burst, RateLimitKey::Tenant))
+                l.requests_per_minute.map(|rpm| RateRule {
+                    plan: true,
+                    ..RateRule::new(rpm, l.burst, RateLimitKey::Tenant)
+                })
             }),
         };
         let llm = r.kind == RouteKind::Llm;
@@ -123,6 +128,7 @@ impl RateRule {
         RateRule {
             rate: Rate::per_minute(rpm, burst.unwrap_or(rpm).max(1)),
             key,
+            plan: false,
         }
     }
 
@@ -287,6 +293,8 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 /// Which quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuotaKind {
+    /// The plan's requests per minute (its rate limit).
+    RequestsPerMinute,
     /// LLM tokens per minute.
     TokensPerMinute,
     /// Bytes per billing month.
@@ -297,6 +305,7 @@ impl QuotaKind {
     /// Wire name (the plan's limit name).
     pub fn as_str(self) -> &'static str {
         match self {
+            QuotaKind::RequestsPerMinute => "requests_per_minute",
             QuotaKind::TokensPerMinute => "tokens_per_minute",
             QuotaKind::BandwidthMonth => "bandwidth_gb_month",
         }
@@ -379,6 +388,20 @@ pub fn quota_reached(
     Err(r)
 }
 
+/// The thresholds of the plan's request rate a decision has reached: 80% when it left at
+/// most a fifth of the burst, 80% and 100% when it refused the request; none below 80% (the
+/// common case, which costs two comparisons).
+#[inline]
+pub fn rate_thresholds(rate: &Rate, d: &Decision) -> &'static [u8] {
+    if !d.allowed {
+        &[80, 100]
+    } else if d.remaining.saturating_mul(5) <= rate.burst {
+        &[80]
+    } else {
+        &[]
+    }
+}
+
 /// The minute window containing `now_ms`.
 pub fn minute_window(now_ms: u64) -> (u64, u64) {
     let start = now_ms - now_ms % 60_000;
@@ -388,6 +411,7 @@ pub fn minute_window(now_ms: u64) -> (u64, u64) {
 /// The Redis/local counter key of a tenant's quota window.
 pub fn quota_key(tenant: &TenantId, quota: QuotaKind, window_start: u64) -> String {
     match quota {
+        QuotaKind::RequestsPerMinute => format!("tn:q:{tenant}:rpm:{}", window_start / 60_000),
         QuotaKind::TokensPerMinute => format!("tn:q:{tenant}:tpm:{}", window_start / 60_000),
         QuotaKind::BandwidthMonth => format!("tn:q:{tenant}:bw:{window_start}"),
     }
@@ -416,6 +440,9 @@ struct Bandwidth {
 #[derive(Default)]
 pub struct Quotas {
     bandwidth: Mutex<FastMap<TenantId, Bandwidth>>,
+    /// Request-rate thresholds this node already tried to report: per tenant, the minute
+    /// window (its start, 0 for never) it last tried 80% and 100% in.
+    rate_notices: Mutex<FastMap<TenantId, [u64; 2]>>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -440,6 +467,7 @@ impl Quotas {
         let i = match e.quota {
             QuotaKind::TokensPerMinute => 0,
             QuotaKind::BandwidthMonth => 2,
+            QuotaKind::RequestsPerMinute => 4,
         } + usize::from(e.percent == 100);
         metrics.global.quota_events[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
@@ -581,6 +609,65 @@ impl Quotas {
         }
     }
 
+    /// Reports the thresholds of the plan's request rate that decision `d` reached (see
+    /// [`rate_thresholds`]) for the tenant, once per minute window cluster-wide: each node
+    /// asks the shared counters once per threshold and minute
+    /// (`tn:q:<tenant>:rpm:<minute>:<pct>`, one `INCRBY`), and the node that makes it 1
+    /// reports.
+    pub async fn rate_decided(
+        &self,
+        limiter: &Limiter,
+        metrics: &crate::metrics::MetricsRegistry,
+        tenant: &TenantId,
+        a: &Admission,
+        rate: &Rate,
+        d: &Decision,
+    ) {
+        let burst = rate.burst;
+        let window = minute_window(unix_ms());
+        for &percent in rate_thresholds(rate, d) {
+            if !self.first_try(tenant, percent, window.0) {
+                continue;
+            }
+            let key = format!(
+                "{}:{percent}",
+                quota_key(tenant, QuotaKind::RequestsPerMinute, window.0)
+            );
+            if limiter.add(&key, 1, Duration::from_secs(120)).await != 1 {
+                continue;
+            }
+            self.emit(
+                metrics,
+                QuotaEvent {
+                    tenant: tenant.clone(),
+                    quota: QuotaKind::RequestsPerMinute,
+                    percent,
+                    used: burst.saturating_sub(d.remaining),
+                    limit: burst,
+                    window,
+                    on_quota: a.on_quota,
+                },
+            );
+        }
+    }
+
+    /// Whether this node has not yet tried to report `percent` for `tenant` in the minute
+    /// starting at `window_start` (and records that it now does).
+    fn first_try(&self, tenant: &TenantId, percent: u8, window_start: u64) -> bool {
+        let i = usize::from(percent == 100);
+        let mut tried = self.rate_notices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = tried.get_mut(tenant) {
+            return std::mem::replace(&mut w[i], window_start) != window_start;
+        }
+        if tried.len() >= 4096 {
+            tried.retain(|_, w| w.contains(&window_start));
+        }
+        let mut w = [0; 2];
+        w[i] = window_start;
+        tried.insert(tenant.clone(), w);
+        true
+    }
+
     /// Bytes counted on this node for the tenant but not yet flushed to the counters.
     pub fn pending_bandwidth(&self, tenant: &TenantId) -> u64 {
         self.lock().get(tenant).map_or(0, |b| b.pending)
@@ -646,6 +733,51 @@ pub async fn usage(limiter: &Limiter, quotas: &Quotas, tenant: &Tenant) -> Vec<Q
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bandwidth crosses 80% and then 100% of its billing period once each, at the flushes
+    /// that cross them, and the check then reports the period spent.
+    #[tokio::test]
+    async fn bandwidth_notices_at_80_and_100_percent() {
+        let limiter = Limiter::local();
+        let metrics = crate::metrics::MetricsRegistry::new(4);
+        let quotas = Quotas::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
+            sink.lock()
+                .unwrap()
+                .push((e.quota, e.percent, e.used, e.limit));
+        }));
+        let tenant = TenantId::parse("bw-notices").unwrap();
+        let a = Admission {
+            rate: None,
+            kind: RouteKind::Http,
+            tokens_per_minute: None,
+            bandwidth_bytes: Some(1000),
+            on_quota: OnQuota::Block,
+            policy: None,
+        };
+        let bw = QuotaKind::BandwidthMonth;
+        for (bytes, want) in [
+            (700, vec![]),
+            (150, vec![(bw, 80, 850, 1000)]),
+            (100, vec![]),
+            (60, vec![(bw, 100, 1010, 1000)]),
+            (500, vec![]),
+        ] {
+            assert!(quotas.bandwidth_spent(&tenant, &a).is_none() || bytes == 500);
+            quotas.add_bandwidth(&tenant, None, &a, bytes);
+            quotas.flush(&limiter, &metrics).await;
+            assert_eq!(
+                std::mem::take(&mut *seen.lock().unwrap()),
+                want,
+                "after {bytes}"
+            );
+        }
+        let (window, now) = quotas.bandwidth_spent(&tenant, &a).expect("spent");
+        assert!(window.0 <= now && now < window.1);
+        assert!(quota_reached(a.on_quota, bw, window, now).is_err());
+    }
 
     #[test]
     fn number_values_from_the_table_and_beyond_it() {

@@ -70,6 +70,45 @@ pub enum UpBody {
     /// The first bytes, read for the WAF, then the rest of the client's body, streamed (both
     /// counted into the route's `sent` bytes).
     Prefixed(Option<Bytes>, ReqBody, Arc<RouteMetrics>),
+    /// A streamed body of unknown length (chunked, or HTTP/2 without `content-length`) on a
+    /// route with a bandwidth quota: counted as it passes (see [`Metered`]).
+    Metered(Box<Metered>),
+}
+
+/// A `Stream` or `Prefixed` body whose bytes go to the tenant's bandwidth quota when it ends
+/// or is dropped (an upload cut short counts what was sent). Bodies of declared length are
+/// counted by their `Content-Length` instead, without this wrapper.
+pub struct Metered {
+    inner: UpBody,
+    counted: u64,
+    route: Arc<crate::table::RouteRt>,
+    gw: Arc<Gateway>,
+}
+
+impl Metered {
+    /// Meters `inner` for `route`'s tenant.
+    pub(crate) fn new(inner: UpBody, route: Arc<crate::table::RouteRt>, gw: Arc<Gateway>) -> Self {
+        Metered {
+            inner,
+            counted: 0,
+            route,
+            gw,
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let Some(adm) = &self.route.admission else {
+            return;
+        };
+        self.gw.quotas.add_bandwidth(
+            &self.route.tenant,
+            self.route.billing_anchor_ms(),
+            adm,
+            self.counted,
+        );
+    }
 }
 
 impl Body for UpBody {
@@ -92,6 +131,15 @@ impl Body for UpBody {
             }
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpBody::Metered(m) => {
+                let polled = Pin::new(&mut m.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled
+                    && let Some(d) = f.data_ref()
+                {
+                    m.counted += d.len() as u64;
+                }
+                polled
+            }
             UpBody::Prefixed(prefix, b, m) => {
                 if let Some(d) = prefix.take() {
                     m.add_bytes(d.len() as u64, 0);
@@ -114,6 +162,7 @@ impl Body for UpBody {
             UpBody::Empty => true,
             UpBody::Full(b) => b.is_none(),
             UpBody::Prefixed(p, b, _) => p.is_none() && b.is_end_stream(),
+            UpBody::Metered(m) => m.inner.is_end_stream(),
         }
     }
 
@@ -123,6 +172,7 @@ impl Body for UpBody {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpBody::Full(None) => SizeHint::with_exact(0),
+            UpBody::Metered(m) => m.inner.size_hint(),
             UpBody::Prefixed(p, b, _) => {
                 let first = p.as_ref().map_or(0, |p| p.len() as u64);
                 let rest = b.size_hint();

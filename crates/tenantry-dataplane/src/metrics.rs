@@ -192,8 +192,8 @@ pub struct GlobalMetrics {
     /// Rate-limit decisions by source, as `tenantry_limits::Source::ALL` (copied from the
     /// limiter when rendering).
     pub ratelimit_decisions: [AtomicU64; 5],
-    /// Quota events: tokens 80/100, bandwidth 80/100.
-    pub quota_events: [AtomicU64; 4],
+    /// Quota events: tokens 80/100, bandwidth 80/100, requests per minute 80/100.
+    pub quota_events: [AtomicU64; 6],
 }
 
 #[derive(Debug, Default)]
@@ -523,6 +523,8 @@ impl MetricsRegistry {
             ("tokens_per_minute", 100),
             ("bandwidth_gb_month", 80),
             ("bandwidth_gb_month", 100),
+            ("requests_per_minute", 80),
+            ("requests_per_minute", 100),
         ]
         .iter()
         .enumerate()

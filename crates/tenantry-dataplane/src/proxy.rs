@@ -33,7 +33,7 @@ use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
 
 use crate::admission::{self, Admission, QuotaKind, Refusal};
-use crate::body::{ReqBody, RespBody, Tap, UpBody};
+use crate::body::{Metered, ReqBody, RespBody, Tap, UpBody};
 use crate::deadline::{self, Deadline};
 use crate::errors::ErrorCode;
 use crate::forward::Forwarding;
@@ -321,6 +321,8 @@ pub async fn handle(
             None => UpBody::Stream(body, Arc::clone(&route.metrics)),
             Some(p) if p.complete => {
                 route.metrics.add_bytes(p.bytes.len() as u64, 0);
+                // Read in full: its length is known even when none was declared.
+                tap.request_bytes = p.bytes.len() as u64;
                 UpBody::Full((!p.bytes.is_empty()).then_some(p.bytes))
             }
             Some(p) => UpBody::Prefixed(Some(p.bytes), body, Arc::clone(&route.metrics)),
@@ -344,6 +346,19 @@ pub async fn handle(
     // A body that has already ended is no body: the request can take the inline client.
     let up_body = match up_body {
         UpBody::Stream(b, _) if b.is_end_stream() => UpBody::Empty,
+        // A body of unknown length is counted into the bandwidth quota as it streams.
+        body @ (UpBody::Stream(..) | UpBody::Prefixed(..))
+            if tap.request_bytes == 0
+                && admission
+                    .as_ref()
+                    .is_some_and(|a| a.bandwidth_bytes.is_some()) =>
+        {
+            UpBody::Metered(Box::new(Metered::new(
+                body,
+                Arc::clone(&route),
+                Arc::clone(&gw),
+            )))
+        }
         other => other,
     };
     let mut up_req = Request::from_parts(parts, up_body);
@@ -506,6 +521,12 @@ async fn admit(
         let key = rule.key_for(&route.tenant, &route.id, conn.peer.ip(), headers);
         let d = gw.limiter.check(&key, rule.rate).await;
         *rate = Some((d, rule.rate));
+        // Only a tenant near its plan's limit goes further.
+        if rule.plan && !admission::rate_thresholds(&rule.rate, &d).is_empty() {
+            gw.quotas
+                .rate_decided(&gw.limiter, &gw.metrics, &route.tenant, adm, &rule.rate, &d)
+                .await;
+        }
         if !d.allowed {
             route.metrics.refused(Refused::RateLimit);
             return Err(Refusal::plain(ErrorCode::RateLimited));

@@ -42,6 +42,33 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The platform admin's API client on `admin` (logged in).
+async fn platform_admin(admin: SocketAddr) -> Api {
+    let api = Api::new(admin);
+    let r = api
+        .post(
+            "/api/auth/login",
+            json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+        )
+        .await;
+    api.token(r.1["access_token"].as_str().unwrap())
+}
+
+/// Tenant `id` on the pro plan with one route `web` for `host` to `backend` (a YAML list item).
+fn pro_tenant(id: &str, host: &str, backend: SocketAddr) -> String {
+    format!(
+        "  - id: {id}\n    plan: pro\n    routes:\n      - {{ id: web, host: {host}, backends: [ {{ address: {backend} }} ] }}\n"
+    )
+}
+
+/// Tenant `id` with one route `web` for `<id>.localhost` to `backend`, limited by its own
+/// `ratelimit` of `rpm` per minute and `burst` (a YAML list item).
+fn limited_tenant(id: &str, rpm: u32, burst: u32, backend: SocketAddr) -> String {
+    format!(
+        "  - id: {id}\n    routes:\n      - {{ id: web, host: {id}.localhost, ratelimit: {{ requests_per_minute: {rpm}, burst: {burst} }}, backends: [ {{ address: {backend} }} ] }}\n"
+    )
+}
+
 /// A GET from a chosen loopback source address (the client_ip key).
 async fn get_from(src: [u8; 4], addr: SocketAddr, host: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -253,10 +280,7 @@ async fn two_nodes_share_one_limit_through_redis() {
     let tenant = unique("rl");
     // A burst of 300 that refills at one request per minute: whatever the timing, the two
     // nodes together may let through 300 (301 if a minute boundary falls inside the test).
-    let yaml = config(&format!(
-        "  - id: {tenant}\n    routes:\n      - {{ id: web, host: {tenant}.localhost, ratelimit: {{ requests_per_minute: 1, burst: 300 }}, backends: [ {{ address: {} }} ] }}\n",
-        b[0].addr
-    ));
+    let yaml = config(&limited_tenant(&tenant, 1, 300, b[0].addr));
     let a = node(&yaml, &pg, REDIS).await;
     let bn = node(&yaml, &pg, REDIS).await;
     let host = format!("{tenant}.localhost");
@@ -363,7 +387,7 @@ async fn redis_going_away_falls_back_without_errors_and_recovers() {
         let yaml = format!(
             "on_redis_error: {fallback}\n{}",
             config(&format!(
-                "  - id: acme\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 600000, burst: 100000 }}, backends: [ {{ address: {} }} ] }}\n",
+                "  - id: acme\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 600000, burst: 100000 }}, backends: [ {{ address: {0} }} ] }}\n  - id: tight\n    routes:\n      - {{ id: web, host: tight.localhost, ratelimit: {{ requests_per_minute: 1, burst: 5 }}, backends: [ {{ address: {0} }} ] }}\n",
                 b[0].addr
             ))
         );
@@ -402,6 +426,28 @@ async fn redis_going_away_falls_back_without_errors_and_recovers() {
             assert_eq!(down.json()["error"], "rate_limited");
             assert!(down.headers.contains_key("retry-after"));
         }
+        // A tight limit tells the fallbacks apart: `local` enforces it in process (this node
+        // is the only live one, so its share is all of it), `allow` lets everything through,
+        // `deny` nothing.
+        let c = HttpClient::new();
+        let mut tight = Vec::new();
+        for _ in 0..10 {
+            tight.push(
+                c.get(t.http, "tight.localhost", "/")
+                    .await
+                    .unwrap()
+                    .status
+                    .as_u16(),
+            );
+        }
+        let allowed = tight.iter().filter(|s| **s == 200).count();
+        let want = match fallback {
+            "local" => 5,
+            "allow" => 10,
+            _ => 0,
+        };
+        assert_eq!(allowed, want, "{fallback}: {tight:?}");
+        assert!(tight.iter().all(|s| *s == 200 || *s == 429), "{tight:?}");
         let m = t.metrics().await;
         assert!(
             metric(&m, "tenantry_ratelimit_backend_errors_total ").unwrap_or(0.0) >= 1.0,
@@ -462,14 +508,7 @@ async fn a_change_on_node_a_is_served_by_node_b_within_a_second() {
     let tenant = unique("cl");
     let host = format!("{tenant}.localhost");
     let admin = a.admin.unwrap();
-    let api = Api::new(admin);
-    let r = api
-        .post(
-            "/api/auth/login",
-            json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-        )
-        .await;
-    let api = api.token(r.1["access_token"].as_str().unwrap());
+    let api = platform_admin(admin).await;
     let r = api
         .post("/api/tenants", json!({"tenant_id": tenant, "plan": "pro"}))
         .await;
@@ -581,20 +620,10 @@ async fn bandwidth_quota_of_the_billing_period_is_shared_and_enforced() {
     let b = echo_backends(1).await;
     let tenant = unique("bw");
     let host = format!("{tenant}.localhost");
-    let yaml = config(&format!(
-        "  - id: {tenant}\n    plan: pro\n    routes:\n      - {{ id: web, host: {host}, backends: [ {{ address: {} }} ] }}\n",
-        b[0].addr
-    ));
+    let yaml = config(&pro_tenant(&tenant, &host, b[0].addr));
     let a = node(&yaml, &pg, REDIS).await;
     let bn = node(&yaml, &pg, REDIS).await;
-    let api = Api::new(a.admin.unwrap());
-    let r = api
-        .post(
-            "/api/auth/login",
-            json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-        )
-        .await;
-    let api = api.token(r.1["access_token"].as_str().unwrap());
+    let api = platform_admin(a.admin.unwrap()).await;
     // 0 GB this month: the first bytes spend it.
     let r = api
         .put(
@@ -645,4 +674,295 @@ async fn bandwidth_quota_of_the_billing_period_is_shared_and_enforced() {
     assert_eq!(bw["quota"], "bandwidth_gb_month");
     assert_eq!(bw["limit"], 0);
     assert!(bw["used"].as_u64().unwrap() > 0, "{}", u.1);
+}
+
+/// The plan's request rate reaching 80% and 100% is reported once per minute for the whole
+/// cluster: two nodes serving the tenant's traffic write one audit entry per threshold
+/// between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_rate_notices_are_reported_once_across_nodes() {
+    if !require_redis() || !require_postgres() {
+        return;
+    }
+    let pg = PgDatabase::create();
+    let b = echo_backends(1).await;
+    let tenant = unique("rn");
+    let host = format!("{tenant}.localhost");
+    let yaml = config(&pro_tenant(&tenant, &host, b[0].addr));
+    let a = node(&yaml, &pg, REDIS).await;
+    let bn = node(&yaml, &pg, REDIS).await;
+    let api = platform_admin(a.admin.unwrap()).await;
+    // Notices are per minute window: keep the test inside one.
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_050 - u64::try_from(into).unwrap())).await;
+    }
+    // 30 a minute, all of it as burst: one request refills every 2 s.
+    let r = api
+        .put(
+            &format!("/api/tenants/{tenant}/limits"),
+            json!({"requests_per_minute": 30, "burst": 30, "on_quota": "throttle"}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let c = HttpClient::new();
+    let started = Instant::now();
+    while header(
+        &c.get(bn.http, &host, "/").await.unwrap(),
+        "ratelimit-limit",
+    ) != "30"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "limits never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both nodes drive the shared bucket past its end.
+    let mut refused = 0;
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &bn };
+        match c.get(node.http, &host, "/").await.unwrap().status.as_u16() {
+            200 => {}
+            429 => refused += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(refused >= 5, "only {refused} refused");
+    let audit_path = format!("/api/tenants/{tenant}/audit");
+    let started = Instant::now();
+    let actions = loop {
+        let all = api.get(&audit_path).await;
+        assert_eq!(all.0, 200, "{}", all.1);
+        let mut actions: Vec<String> = all
+            .1
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["action"].as_str())
+            .filter(|a| a.starts_with("quota."))
+            .map(str::to_owned)
+            .collect();
+        actions.sort();
+        if actions.len() >= 2 || started.elapsed() > Duration::from_secs(5) {
+            break actions;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let any late duplicate land before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = api.get(&audit_path).await.1;
+    let total = again
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("quota."))
+        })
+        .count();
+    assert_eq!(actions, ["quota.exceeded", "quota.warning"]);
+    assert_eq!(total, 2, "{again:#}");
+    let mut sums = [0.0; 2];
+    for n in [&a, &bn] {
+        let m = n.metrics().await;
+        for (i, p) in ["80", "100"].iter().enumerate() {
+            sums[i] += metric(
+                &m,
+                &format!(
+                    "tenantry_quota_events_total{{quota=\"requests_per_minute\",percent=\"{p}\"}} "
+                ),
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        sums,
+        [1.0, 1.0],
+        "one event per threshold across both nodes"
+    );
+}
+
+/// A missed event heals within `cluster.config_ttl`: node A publishes on a Redis node B does
+/// not listen to (as if B had been cut off when the event went out), and B still serves A's
+/// changes, read from the store at its next resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_event_heals_within_the_config_ttl() {
+    if !require_redis() || !require_postgres() || !redis_server_or_skip() {
+        return;
+    }
+    let pg = PgDatabase::create();
+    let b = echo_backends(1).await;
+    let elsewhere = RedisServer::start(free_port());
+    let yaml = |ttl: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nshutdown: {{ drain: 200ms, grace: 5s }}\ncluster: {{ config_ttl: {ttl} }}\n"
+        )
+    };
+    let a = node(&yaml("1h"), &pg, &elsewhere.url()).await;
+    let bn = node(&yaml("2s"), &pg, REDIS).await;
+    let tenant = unique("heal");
+    let host = format!("{tenant}.localhost");
+    let api = platform_admin(a.admin.unwrap()).await;
+    let r = api
+        .post("/api/tenants", json!({"tenant_id": tenant, "plan": "pro"}))
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let r = api
+        .post(
+            &format!("/api/tenants/{tenant}/routes"),
+            json!({"id": "web", "host": host, "backends": [{"address": b[0].addr.to_string()}]}),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let c = HttpClient::new();
+    let wait_for_b = |want: u16| {
+        let (c, host, addr) = (c.clone(), host.clone(), bn.http);
+        async move {
+            let started = Instant::now();
+            loop {
+                if c.get(addr, &host, "/").await.unwrap().status == want {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "node B did not answer {want} within its 2 s TTL (+2 s)"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    let took = wait_for_b(200).await;
+    eprintln!("a route created on A without an event reached B after {took:?}");
+    let r = api
+        .post_empty(&format!("/api/tenants/{tenant}/suspend"))
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let took = wait_for_b(403).await;
+    eprintln!("a suspension on A without an event reached B after {took:?}");
+    assert!(
+        bn.stderr.contains("resynchronised from the store"),
+        "B healed without its resync?"
+    );
+    // A is served from its own change, and B never heard of it on tn:events.
+    assert_eq!(c.get(a.http, &host, "/").await.unwrap().status, 403);
+}
+
+/// Two nodes hold one refilling limit: three times the limit sent across both within three
+/// seconds gets the burst plus what the rate refilled meanwhile, within 2%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_refilling_limit() {
+    if !require_redis() || !require_postgres() {
+        return;
+    }
+    let pg = PgDatabase::create();
+    let b = echo_backends(1).await;
+    let tenant = unique("rf");
+    // 50 a second, a burst of 50.
+    let yaml = config(&limited_tenant(&tenant, 3000, 50, b[0].addr));
+    let a = node(&yaml, &pg, REDIS).await;
+    let bn = node(&yaml, &pg, REDIS).await;
+    let host = format!("{tenant}.localhost");
+    // 8 clients, 4 per node, each sending every 40 ms: 200 a second, 600 in 3 s, three times
+    // the 200 the limit allows in that time (50 + 3 × 50).
+    let started = Instant::now();
+    let run_for = Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let addr = if i % 2 == 0 { a.http } else { bn.http };
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = HttpClient::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            let (mut ok, mut sent) = (0_u32, 0_u32);
+            let mut last = started;
+            tokio::time::sleep(Duration::from_millis(5 * i)).await;
+            while started.elapsed() < run_for {
+                tick.tick().await;
+                last = Instant::now();
+                let r = c.get(addr, &host, "/").await.unwrap();
+                sent += 1;
+                match r.status.as_u16() {
+                    200 => ok += 1,
+                    429 => {}
+                    s => panic!("status {s}"),
+                }
+            }
+            (ok, sent, last)
+        }));
+    }
+    let (mut ok, mut sent, mut last) = (0, 0, started);
+    for t in tasks {
+        let (o, s, l) = t.await.unwrap();
+        ok += o;
+        sent += s;
+        last = last.max(l);
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    let expected = 50.0 + 50.0 * elapsed;
+    eprintln!(
+        "two nodes, refilling: {ok} of {sent} allowed over {elapsed:.3} s, expected {expected:.1}"
+    );
+    assert!(
+        f64::from(sent) > 2.5 * expected,
+        "only {sent} sent (a loaded machine?)"
+    );
+    assert!(
+        (f64::from(ok) - expected).abs() <= expected * 0.02 + 1.0,
+        "{ok} allowed, expected {expected:.1} ± 2%"
+    );
+    assert_eq!(b[0].hits(), u64::from(ok));
+}
+
+/// Uploads of unknown length (chunked) count into the bandwidth quota as they stream, as
+/// bodies with a `Content-Length` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_count_into_the_bandwidth_quota() {
+    let b = echo_backends(1).await;
+    let yaml = config(&format!(
+        "  - id: acme\n    plan: pro\n    routes:\n      - {{ id: web, host: acme.localhost, backends: [ {{ address: {} }} ] }}\n",
+        b[0].addr
+    ));
+    let t = Tenantry::start(bin(), &yaml).await;
+    let api = platform_admin(t.admin.unwrap()).await;
+    let used = || {
+        let api = api.clone();
+        async move {
+            let u = api.get("/api/tenants/acme/usage").await;
+            assert_eq!(u.0, 200, "{}", u.1);
+            assert_eq!(u.1["quotas"][1]["quota"], "bandwidth_gb_month");
+            u.1["quotas"][1]["used"].as_u64().unwrap()
+        }
+    };
+    let before = used().await;
+    // 200 chunks of 1000 bytes.
+    let mut raw = String::from(
+        "POST /upload HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    let chunk = "x".repeat(1000);
+    for _ in 0..200 {
+        raw.push_str(&format!("3e8\r\n{chunk}\r\n"));
+    }
+    raw.push_str("0\r\n\r\n");
+    let reply = raw_request(t.http, raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"body_bytes\":200000"), "{reply}");
+    // The request ends (and is counted) as the response ends: give it a moment.
+    let started = Instant::now();
+    loop {
+        let grown = used().await - before;
+        if grown >= 200_000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "only {grown} bytes counted for a 200,000-byte chunked upload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

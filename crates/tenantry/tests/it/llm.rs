@@ -405,11 +405,15 @@ fn assert_quota_body(r: &Reply) {
     assert_eq!(r.headers["x-request-id"].to_str().unwrap(), j["request_id"]);
 }
 
-/// The value of the quota-events counter for `percent` on the admin `/metrics`.
+/// The value of the tokens-per-minute quota-events counter for `percent` on the admin
+/// `/metrics`.
 fn quota_metric(metrics: &str, percent: u32) -> u64 {
-    let prefix = format!(
-        "tenantry_quota_events_total{{quota=\"tokens_per_minute\",percent=\"{percent}\"}} "
-    );
+    quota_metric_of(metrics, "tokens_per_minute", percent)
+}
+
+/// The value of the quota-events counter of `quota` for `percent`.
+fn quota_metric_of(metrics: &str, quota: &str, percent: u32) -> u64 {
+    let prefix = format!("tenantry_quota_events_total{{quota=\"{quota}\",percent=\"{percent}\"}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -1010,5 +1014,150 @@ async fn sse_is_streamed_not_buffered() {
     assert_eq!(
         String::from_utf8(events).unwrap(),
         sse_events(30, true).concat()
+    );
+}
+
+/// The plan's requests per minute is a quota too: 80% and 100% of it are reported once per
+/// minute (audit entries, metrics), while the limit itself keeps refusing with 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plans_request_rate_reports_80_and_100_percent_once_per_minute() {
+    let up = FakeOpenAi::start().await;
+    let s = start(&config(&llm_tenant("acme", "acme.localhost", &up, ""))).await;
+    let admin = s.admin().await;
+    set_limits(
+        &admin,
+        "acme",
+        json!({"requests_per_minute": 10, "burst": 10, "on_quota": "notify"}),
+    )
+    .await;
+    let body = chat_body("gpt-4o-mini", false);
+    avoid_minute_boundary().await;
+    // 7 of 10: below 80%, nothing reported.
+    for i in 0..7 {
+        let r = chat(&s.t, "acme.localhost", &body, &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(quota_audit(&admin, "acme").await, Vec::<Value>::new());
+    // The 8th leaves 2 of 10: 80%. The 11th and 12th are refused: 100%.
+    for i in 7..12 {
+        let r = chat(&s.t, "acme.localhost", &body, &[]).await;
+        let want = if i < 10 { 200 } else { 429 };
+        assert_eq!(r.status, want, "request {i}: {:?}", r.body);
+        if want == 429 {
+            assert_eq!(r.json()["error"], "rate_limited");
+            assert!(r.headers.contains_key("retry-after"));
+        }
+    }
+    let audit = wait_quota_audit(
+        &admin,
+        "acme",
+        &["quota.warning", "quota.upgrade_suggested"],
+    )
+    .await;
+    for (action, percent, used) in [
+        ("quota.warning", 80, 8),
+        ("quota.upgrade_suggested", 100, 10),
+    ] {
+        let e = entry(&audit, action);
+        assert_eq!(e["target"], "requests_per_minute", "{e}");
+        assert_eq!(e["after"]["percent"], percent, "{e}");
+        assert_eq!(e["after"]["used"], used, "{e}");
+        assert_eq!(e["after"]["limit"], 10, "{e}");
+        assert_eq!(e["after"]["on_quota"], "notify", "{e}");
+    }
+    let m = s.t.metrics().await;
+    assert_eq!(quota_metric_of(&m, "requests_per_minute", 80), 1, "{m}");
+    assert_eq!(quota_metric_of(&m, "requests_per_minute", 100), 1, "{m}");
+    assert_eq!(up.count("acme.localhost"), 10);
+}
+
+/// Two nodes sharing PostgreSQL and Redis hold one token budget: tokens counted on either
+/// node spend it for both, and each threshold is reported once for the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_token_quota_through_redis() {
+    if !shared_redis_or_skip() || !crate::api::require_postgres() {
+        return;
+    }
+    let pg = crate::api::PgDatabase::create();
+    let up = FakeOpenAi::start().await;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let tenant = format!("tq{}x{}", std::process::id(), nanos % 1_000_000_000);
+    let host = format!("{tenant}.localhost");
+    let yaml = config(&llm_tenant(&tenant, &host, &up, "    plan: pro\n"));
+    let node = || async {
+        let t = Tenantry::start_in(
+            bin(),
+            &yaml,
+            Arc::new(TempDir::new()),
+            &["--store", &pg.url, "--redis", SHARED_REDIS_URL],
+        )
+        .await;
+        let admin = t.admin.expect("admin listener");
+        Server { t, admin }
+    };
+    let a = node().await;
+    let b = node().await;
+    let admin_a = a.admin().await;
+    let admin_b = b.admin().await;
+    set_limits(
+        &admin_a,
+        &tenant,
+        json!({"tokens_per_minute": 100, "on_quota": "block"}),
+    )
+    .await;
+    let usage = |api: &Api| {
+        let (api, path) = (api.clone(), format!("/api/tenants/{tenant}/usage"));
+        async move {
+            let u = api.must_get(&path).await;
+            (
+                u["quotas"][0]["used"].as_u64(),
+                u["quotas"][0]["limit"].as_u64(),
+            )
+        }
+    };
+    let started = Instant::now();
+    while usage(&admin_b).await.1 != Some(100) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "limits never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    avoid_minute_boundary().await;
+    let body = chat_body("gpt-4o-mini", false);
+    // 50 on A, then 50 on B: 100 in the shared counter.
+    for s in [&a, &b] {
+        let r = chat(&s.t, &host, &body, &[("x-fake-tokens", "50")]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let started = Instant::now();
+    while usage(&admin_a).await.0 != Some(100) {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "A reads {:?} tokens used",
+            usage(&admin_a).await.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Spent for both nodes.
+    for s in [&a, &b] {
+        let r = chat(&s.t, &host, &body, &[("x-fake-tokens", "50")]).await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+        assert_quota_body(&r);
+    }
+    assert_eq!(up.count(&host), 2);
+    // B's 50 crossed both 80% and 100% (50 → 100): reported once, by B.
+    let audit = wait_quota_audit(&admin_a, &tenant, &["quota.warning", "quota.exceeded"]).await;
+    assert_quota_entry(entry(&audit, "quota.warning"), &tenant, 80, 100, 100);
+    assert_quota_entry(entry(&audit, "quota.exceeded"), &tenant, 100, 100, 100);
+    let (ma, mb) = (a.t.metrics().await, b.t.metrics().await);
+    assert_eq!(
+        quota_metric(&ma, 100) + quota_metric(&mb, 100),
+        1,
+        "{ma}\n{mb}"
     );
 }
