@@ -38,6 +38,11 @@ pub trait DataPlane: Send + Sync {
     /// Applies changes atomically; an error means the proxy keeps its previous state.
     fn apply(&self, changes: Vec<Change>) -> Result<(), String>;
 
+    /// The lock held from reading a tenant out of the store until [`DataPlane::apply`] has
+    /// applied it, shared with every other path that does the same (so concurrent writes
+    /// are applied in the order they were read, and the last write is what the proxy serves).
+    fn store_sync(&self) -> &tokio::sync::Mutex<()>;
+
     /// Tells the other nodes of a cluster that a tenant changed (after [`DataPlane::apply`]
     /// succeeded here). `config` is the tenant's new configuration as JSON (`None`: removed).
     /// A single node has no one to tell.
@@ -103,6 +108,7 @@ pub struct AppState {
 impl AppState {
     /// Reloads one tenant from the store and pushes it to the data plane (or removes it).
     pub async fn sync_tenant(&self, id: &TenantId) -> Result<(), ApiError> {
+        let _serial = self.dataplane.store_sync().lock().await;
         let loaded = self.store.platform().load_tenant(id).await?;
         let config = loaded.as_ref().map(tenant_config_json);
         let change = match loaded {

@@ -87,6 +87,9 @@ pub struct Gateway {
     config_path: Option<PathBuf>,
     state: Mutex<ReconfigState>,
     reload_lock: tokio::sync::Mutex<Option<Result<ReloadReport, ReloadError>>>,
+    /// Held from reading tenants out of the store until they are applied; see
+    /// [`Gateway::store_sync`].
+    store_sync: tokio::sync::Mutex<()>,
     reloads_started: AtomicU64,
     health: Mutex<HealthSupervisor>,
     source: OnceLock<Arc<dyn ConfigSource>>,
@@ -156,6 +159,7 @@ impl Gateway {
                 certs,
             }),
             reload_lock: tokio::sync::Mutex::new(None),
+            store_sync: tokio::sync::Mutex::new(()),
             reloads_started: AtomicU64::new(0),
             health: Mutex::new(HealthSupervisor::default()),
             source: OnceLock::new(),
@@ -300,8 +304,18 @@ impl Gateway {
         result
     }
 
+    /// The lock every path that reads tenants from the store and applies what it read
+    /// (an admin API write, a cluster event, a resync, a reload) holds from the read until the
+    /// apply. Without it two such paths could apply their reads in the opposite order to the
+    /// one they made them in, and leave the proxy serving an older state than the store's
+    /// until the next change (two concurrent writes to one tenant did).
+    pub fn store_sync(&self) -> &tokio::sync::Mutex<()> {
+        &self.store_sync
+    }
+
     async fn reload_now(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
         if let Some(source) = self.source.get() {
+            let _serial = self.store_sync.lock().await;
             let target = source.load().await?;
             let gw = Arc::clone(self);
             return tokio::task::spawn_blocking(move || gw.apply_snapshot(target))

@@ -253,6 +253,7 @@ impl Cluster {
 
     /// Reloads tenants from the store and swaps them in.
     async fn reload_tenants(&self, ids: &[TenantId]) -> Result<()> {
+        let _serial = self.gw.store_sync().lock().await;
         let mut changes = Vec::with_capacity(ids.len());
         for id in ids {
             let change = match self.store.platform().load_tenant(id).await? {
@@ -284,6 +285,7 @@ impl Cluster {
                 .flatten(),
             None => None,
         };
+        let _serial = self.gw.store_sync().lock().await;
         let snapshot = match tenantry_control::load_snapshot(&self.store, &self.base).await {
             Ok(s) => s,
             Err(e) => {

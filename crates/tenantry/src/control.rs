@@ -232,6 +232,10 @@ impl tenantry_control::DataPlane for LocalDataPlane {
             .map_err(|e| e.to_string())
     }
 
+    fn store_sync(&self) -> &tokio::sync::Mutex<()> {
+        self.0.store_sync()
+    }
+
     fn announce(&self, tenant: &TenantId, config: Option<serde_json::Value>) {
         if let Some(c) = &self.1 {
             c.publish(vec![(tenant.clone(), config)]);

@@ -427,3 +427,58 @@ store_test!(concurrent_creations_respect_limits, |backend| async {
         "more distinct hosts than max_domains: {routes}"
     );
 });
+
+// Concurrent writes to one tenant: each write reads the tenant back from the store and
+// applies it to the proxy. Unserialised, an older read could be applied after a newer one
+// and the proxy kept serving a setting the API no longer reported, until the next write.
+store_test!(
+    concurrent_writes_leave_the_proxy_on_the_last_one,
+    |backend| async {
+        let echo = echo_backends(1).await;
+        let s = backend.start().await;
+        let admin = s.admin().await;
+        let owner = s.tenant(&admin, "race", "pro").await;
+        let r = owner
+            .post(
+                "/api/tenants/race/routes",
+                route("web", "race.localhost", "/", &[echo[0].addr]),
+            )
+            .await;
+        assert_status(r, 201);
+        for round in 0..30 {
+            let writes: Vec<_> = (0..32)
+                .map(|i| {
+                    let c = admin.clone();
+                    let rpm = if (i + round) % 2 == 0 { 1000 } else { 2000 };
+                    tokio::spawn(async move {
+                        c.put(
+                            "/api/tenants/race/limits",
+                            json!({"requests_per_minute": rpm}),
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            for w in writes {
+                let r = w.await.expect("write task");
+                assert_eq!(r.0, 200, "{}", r.1);
+            }
+            let stored = admin.must_get("/api/tenants/race/usage").await["requests_per_minute"]
+                .as_u64()
+                .expect("requests_per_minute");
+            let served = s.proxy("race.localhost", "/").await;
+            assert_eq!(served.status, 200);
+            let limit = served
+                .headers
+                .get("ratelimit-limit")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(
+                limit,
+                stored.to_string(),
+                "round {round}: the proxy serves another limit than the API reports"
+            );
+        }
+    }
+);
