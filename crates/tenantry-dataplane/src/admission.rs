@@ -707,7 +707,10 @@ pub async fn usage(limiter: &Limiter, quotas: &Quotas, tenant: &Tenant) -> Vec<Q
             tokens_window.0,
         ))
         .await;
-    let period = billing_period(tenant.billing_anchor_ms, now);
+    let period = billing_period(
+        crate::table::counted_anchor_ms(tenant.billing_anchor_ms),
+        now,
+    );
     let bytes = limiter
         .get(&quota_key(&tenant.id, QuotaKind::BandwidthMonth, period.0))
         .await

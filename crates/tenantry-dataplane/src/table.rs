@@ -191,7 +191,8 @@ impl RouteRt {
                 || (self.health_check.is_none() && b.health.passive_retry_due(now_ms)))
     }
 
-    /// Start of the tenant's first billing period (unix ms), for monthly quotas.
+    /// Start of the tenant's first billing period (unix ms, whole seconds), for monthly
+    /// quotas.
     pub fn billing_anchor_ms(&self) -> Option<u64> {
         (self.billing_anchor_s != 0).then(|| u64::from(self.billing_anchor_s) * 1000)
     }
@@ -426,10 +427,7 @@ fn build_route(
         prefix: Arc::clone(&r.path_prefix),
         algorithm: r.algorithm,
         suspended: t.suspended,
-        billing_anchor_s: t
-            .billing_anchor_ms
-            .and_then(|ms| u32::try_from(ms / 1000).ok())
-            .unwrap_or(0),
+        billing_anchor_s: anchor_seconds(t.billing_anchor_ms),
         lb: LbState {
             next: AtomicUsize::new(0),
             current_weights: (r.algorithm == Algorithm::WeightedRoundRobin)
@@ -445,3 +443,18 @@ fn build_route(
 
 #[cfg(test)]
 mod tests;
+
+/// A billing anchor as routes keep it: whole seconds since the epoch (0: none).
+fn anchor_seconds(anchor_ms: Option<u64>) -> u32 {
+    anchor_ms
+        .and_then(|ms| u32::try_from(ms / 1000).ok())
+        .unwrap_or(0)
+}
+
+/// A tenant's billing anchor as the proxy counts monthly quotas with it (cut to whole
+/// seconds, see [`Route::billing_anchor_ms`]). Whoever reads those counters must derive the
+/// period from this, not from the stored milliseconds, or it reads another period's key.
+pub fn counted_anchor_ms(anchor_ms: Option<u64>) -> Option<u64> {
+    let s = anchor_seconds(anchor_ms);
+    (s != 0).then(|| u64::from(s) * 1000)
+}

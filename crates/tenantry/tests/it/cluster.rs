@@ -674,6 +674,17 @@ async fn bandwidth_quota_of_the_billing_period_is_shared_and_enforced() {
     assert_eq!(bw["quota"], "bandwidth_gb_month");
     assert_eq!(bw["limit"], 0);
     assert!(bw["used"].as_u64().unwrap() > 0, "{}", u.1);
+    // Once every node has flushed, the total comes from the shared counter alone: the usage
+    // must read the same period's key as the proxy counts into (the anchor's milliseconds
+    // once made it read another, empty one).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let u = api.get(&format!("/api/tenants/{tenant}/usage")).await;
+    assert_eq!(u.0, 200, "{}", u.1);
+    assert!(
+        u.1["quotas"][1]["used"].as_u64().unwrap() > 0,
+        "the flushed bytes are not in the usage: {}",
+        u.1
+    );
 }
 
 /// The plan's request rate reaching 80% and 100% is reported once per minute for the whole
