@@ -30,7 +30,7 @@ use tenantry_domain::{
     OnQuota, RateLimitKey, Route, RouteId, RouteKind, Tenant, TenantId, TenantPolicy,
     billing_period,
 };
-use tenantry_limits::{Decision, Limiter, Rate};
+use tenantry_limits::{Decision, Limiter, Rate, Source};
 
 use crate::errors::ErrorCode;
 
@@ -390,10 +390,15 @@ pub fn quota_reached(
 
 /// The thresholds of the plan's request rate a decision has reached: 80% when it left at
 /// most a fifth of the burst, 80% and 100% when it refused the request; none below 80% (the
-/// common case, which costs two comparisons).
+/// common case, which costs two comparisons). Only a decision on the real counter (local,
+/// or Redis's shared one) counts: while Redis is unavailable, a refusal under
+/// `on_redis_error: deny` or a node's share of the rate under `local` says nothing about the
+/// tenant's use of its plan.
 #[inline]
 pub fn rate_thresholds(rate: &Rate, d: &Decision) -> &'static [u8] {
-    if !d.allowed {
+    if !matches!(d.source, Source::Local | Source::Shared) {
+        &[]
+    } else if !d.allowed {
         &[80, 100]
     } else if d.remaining.saturating_mul(5) <= rate.burst {
         &[80]
@@ -441,8 +446,9 @@ struct Bandwidth {
 pub struct Quotas {
     bandwidth: Mutex<FastMap<TenantId, Bandwidth>>,
     /// Request-rate thresholds this node already tried to report: per tenant, the minute
-    /// window (its start, 0 for never) it last tried 80% and 100% in.
-    rate_notices: Mutex<FastMap<TenantId, [u64; 2]>>,
+    /// window (its start, 0 for never) it last tried 80% and 100% in; and the window of the
+    /// last sweep of tenants from earlier minutes.
+    rate_notices: Mutex<(FastMap<TenantId, [u64; 2]>, u64)>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -655,12 +661,15 @@ impl Quotas {
     /// starting at `window_start` (and records that it now does).
     fn first_try(&self, tenant: &TenantId, percent: u8, window_start: u64) -> bool {
         let i = usize::from(percent == 100);
-        let mut tried = self.rate_notices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.rate_notices.lock().unwrap_or_else(|p| p.into_inner());
+        let (tried, swept) = &mut *guard;
         if let Some(w) = tried.get_mut(tenant) {
             return std::mem::replace(&mut w[i], window_start) != window_start;
         }
-        if tried.len() >= 4096 {
+        // At most one sweep a minute: the entries of this minute stay, however many.
+        if tried.len() >= 4096 && *swept != window_start {
             tried.retain(|_, w| w.contains(&window_start));
+            *swept = window_start;
         }
         let mut w = [0; 2];
         w[i] = window_start;
@@ -780,6 +789,35 @@ mod tests {
         let (window, now) = quotas.bandwidth_spent(&tenant, &a).expect("spent");
         assert!(window.0 <= now && now < window.1);
         assert!(quota_reached(a.on_quota, bw, window, now).is_err());
+    }
+
+    #[test]
+    fn rate_thresholds_only_from_the_real_counter() {
+        let rate = Rate::per_minute(100, 10);
+        let d = |allowed, remaining, source| Decision {
+            allowed,
+            limit: 100,
+            remaining,
+            retry_after: Duration::ZERO,
+            reset_after: Duration::ZERO,
+            source,
+        };
+        for source in [Source::Local, Source::Shared] {
+            assert!(rate_thresholds(&rate, &d(true, 3, source)).is_empty());
+            assert_eq!(rate_thresholds(&rate, &d(true, 2, source)), &[80]);
+            assert_eq!(rate_thresholds(&rate, &d(false, 0, source)), &[80, 100]);
+        }
+        // Redis is down: a refusal (deny) or a node's share (local) is not the tenant's use.
+        for source in [Source::FallbackLocal, Source::FailOpen, Source::FailClosed] {
+            assert!(
+                rate_thresholds(&rate, &d(false, 0, source)).is_empty(),
+                "{source:?}"
+            );
+            assert!(
+                rate_thresholds(&rate, &d(true, 0, source)).is_empty(),
+                "{source:?}"
+            );
+        }
     }
 
     #[test]

@@ -207,7 +207,7 @@ pub struct Tap {
     /// The upstream connection, returned to its pool if the body is read to the end.
     pub(crate) conn: Option<Conn>,
     pub(crate) complete: bool,
-    /// Request body bytes (as declared), counted into the bandwidth quota.
+    /// Request body bytes, counted into the bandwidth quota: as declared, or the length of a body read in full (a streamed body of unknown length is counted by `UpBody::Metered` instead).
     pub(crate) request_bytes: u64,
     /// On LLM routes: finds the response's token usage as it streams.
     pub(crate) usage: Option<Box<UsageScanner>>,

@@ -334,6 +334,12 @@ impl Waf {
         self.inner.queue.hold(held);
     }
 
+    /// The tenants of the inspections taken by the inspection threads, in order.
+    #[cfg(test)]
+    pub(crate) fn served(&self) -> Vec<TenantId> {
+        self.inner.queue.taken()
+    }
+
     /// Inspections queued, not yet taken by an inspection thread.
     #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {

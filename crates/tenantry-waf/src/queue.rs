@@ -3,9 +3,10 @@
 //! tenant's whole backlog.
 //!
 //! The queue is bounded. When it is full, the tenant with the longest queue pays: a request of
-//! a tenant with fewer queued takes the place of that tenant's newest one (longest-queue drop,
-//! as fair-queueing schedulers do), and only a request of the longest tenant itself is
-//! refused. So one or two heavy tenants cannot fill it against a third.
+//! a tenant with at least two fewer queued takes the place of that tenant's newest one
+//! (longest-queue drop, as fair-queueing schedulers do). A request of the longest tenant, or
+//! of one a single request short of it (the swap would only make it the longest), is refused.
+//! So one or two heavy tenants cannot fill it against a third.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -14,7 +15,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 /// Why [`FairQueue::push`] did not queue an item; the item comes back.
 #[derive(Debug)]
 pub(crate) enum Refused<T> {
-    /// The queue is full and the pushing tenant's queue is already the longest.
+    /// The queue is full and the pushing key's queue is the longest, or one item short of
+    /// it.
     Full(T),
     /// The queue was closed.
     Closed(T),
@@ -36,6 +38,9 @@ struct State<K, T> {
     closed: bool,
     /// Pops wait while set (tests hold the queue to build a backlog deterministically).
     held: bool,
+    /// The keys of the items taken, in order (tests check the service order).
+    #[cfg(test)]
+    taken: Vec<K>,
 }
 
 impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
@@ -48,6 +53,8 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
                 len: 0,
                 closed: false,
                 held: false,
+                #[cfg(test)]
+                taken: Vec::new(),
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -128,6 +135,12 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
         self.ready.notify_all();
     }
 
+    /// The keys of the items taken so far, in the order they were taken.
+    #[cfg(test)]
+    pub(crate) fn taken(&self) -> Vec<K> {
+        self.lock().taken.clone()
+    }
+
     /// Items queued.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -146,6 +159,10 @@ impl<K: Hash + Eq + Clone, T> State<K, T> {
                 continue;
             };
             let item = queue.pop_front();
+            #[cfg(test)]
+            if item.is_some() {
+                self.taken.push(key.clone());
+            }
             if queue.is_empty() {
                 self.queues.remove(&key);
             } else {
