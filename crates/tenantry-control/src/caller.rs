@@ -331,6 +331,14 @@ where
                 "strings must not contain NUL characters",
             ));
         }
+        // Every body of the API is an object. serde would also fill a struct from an array,
+        // by position (`["off"]` as a WAF setting): refuse that instead of guessing.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::new(
+                ErrorCode::ValidationFailed,
+                "the body must be a JSON object, not an array",
+            ));
+        }
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| Body(v))
             .map_err(ApiError::from)

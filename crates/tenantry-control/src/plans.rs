@@ -90,20 +90,57 @@ fn on_quota(s: &str, path: &str) -> Result<OnQuota, ApiError> {
     })
 }
 
+/// The largest rate (`requests_per_minute`, `burst`) a plan or an override may set, as for a
+/// route's own `ratelimit`.
+const MAX_RATE: u64 = 1_000_000_000;
+/// The largest count any other limit may set (users, routes, tokens per minute, GB).
+const MAX_COUNT: u64 = 1_000_000_000_000;
+
+/// `v` if it is within `min..=max` (`None`: unlimited, always fine).
+fn bounded(v: Option<u64>, path: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+    match v {
+        Some(n) if !(min..=max).contains(&n) => Err(ApiError::invalid(
+            path,
+            format!("must be between {min} and {max} (or null for unlimited), got {n}"),
+        )),
+        _ => Ok(v),
+    }
+}
+
+/// [`bounded`] for an override, where absent keeps the plan's value.
+fn bounded_override(
+    v: Option<Option<u64>>,
+    path: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<Option<u64>>, ApiError> {
+    v.map(|inner| bounded(inner, path, min, max)).transpose()
+}
+
 impl TryFrom<LimitsBody> for PlanLimits {
     type Error = ApiError;
 
     fn try_from(b: LimitsBody) -> Result<Self, ApiError> {
         Ok(PlanLimits {
-            max_users: b.max_users,
-            max_routes: b.max_routes,
-            max_backends_per_route: b.max_backends_per_route,
-            max_domains: b.max_domains,
-            max_workers: b.max_workers,
-            requests_per_minute: b.requests_per_minute,
-            burst: b.burst,
-            tokens_per_minute: b.tokens_per_minute,
-            bandwidth_gb_month: b.bandwidth_gb_month,
+            max_users: bounded(b.max_users, "max_users", 0, MAX_COUNT)?,
+            max_routes: bounded(b.max_routes, "max_routes", 0, MAX_COUNT)?,
+            max_backends_per_route: bounded(
+                b.max_backends_per_route,
+                "max_backends_per_route",
+                0,
+                MAX_COUNT,
+            )?,
+            max_domains: bounded(b.max_domains, "max_domains", 0, MAX_COUNT)?,
+            max_workers: bounded(b.max_workers, "max_workers", 0, MAX_COUNT)?,
+            requests_per_minute: bounded(
+                b.requests_per_minute,
+                "requests_per_minute",
+                1,
+                MAX_RATE,
+            )?,
+            burst: bounded(b.burst, "burst", 1, MAX_RATE)?,
+            tokens_per_minute: bounded(b.tokens_per_minute, "tokens_per_minute", 0, MAX_COUNT)?,
+            bandwidth_gb_month: bounded(b.bandwidth_gb_month, "bandwidth_gb_month", 0, MAX_RATE)?,
             waf_level: waf(&b.waf_level, "waf_level")?,
             dedicated_allowed: b.dedicated_allowed,
             on_quota: on_quota(&b.on_quota, "on_quota")?,
@@ -228,15 +265,35 @@ impl TryFrom<OverridesBody> for LimitOverrides {
 
     fn try_from(b: OverridesBody) -> Result<Self, ApiError> {
         Ok(LimitOverrides {
-            max_users: b.max_users,
-            max_routes: b.max_routes,
-            max_backends_per_route: b.max_backends_per_route,
-            max_domains: b.max_domains,
-            max_workers: b.max_workers,
-            requests_per_minute: b.requests_per_minute,
-            burst: b.burst,
-            tokens_per_minute: b.tokens_per_minute,
-            bandwidth_gb_month: b.bandwidth_gb_month,
+            max_users: bounded_override(b.max_users, "max_users", 0, MAX_COUNT)?,
+            max_routes: bounded_override(b.max_routes, "max_routes", 0, MAX_COUNT)?,
+            max_backends_per_route: bounded_override(
+                b.max_backends_per_route,
+                "max_backends_per_route",
+                0,
+                MAX_COUNT,
+            )?,
+            max_domains: bounded_override(b.max_domains, "max_domains", 0, MAX_COUNT)?,
+            max_workers: bounded_override(b.max_workers, "max_workers", 0, MAX_COUNT)?,
+            requests_per_minute: bounded_override(
+                b.requests_per_minute,
+                "requests_per_minute",
+                1,
+                MAX_RATE,
+            )?,
+            burst: bounded_override(b.burst, "burst", 1, MAX_RATE)?,
+            tokens_per_minute: bounded_override(
+                b.tokens_per_minute,
+                "tokens_per_minute",
+                0,
+                MAX_COUNT,
+            )?,
+            bandwidth_gb_month: bounded_override(
+                b.bandwidth_gb_month,
+                "bandwidth_gb_month",
+                0,
+                MAX_RATE,
+            )?,
             waf_level: b
                 .waf_level
                 .as_deref()

@@ -482,3 +482,45 @@ store_test!(
         }
     }
 );
+
+// Limits that mean nothing (a rate of 0, a bucket of 0) or overflow the limiter are refused
+// with the field named, for a tenant's overrides and for a plan; a refused write changes
+// nothing.
+store_test!(limit_values_out_of_range_are_refused, |backend| async {
+    let s = backend.start().await;
+    let admin = s.admin().await;
+    s.tenant(&admin, "acme", "pro").await;
+    let before = admin.must_get("/api/tenants/acme/usage").await;
+    for (field, value) in [
+        ("requests_per_minute", json!(0)),
+        ("requests_per_minute", json!(1_000_000_001_u64)),
+        ("burst", json!(0)),
+        ("burst", json!(u64::MAX)),
+        ("tokens_per_minute", json!(u64::MAX)),
+        ("bandwidth_gb_month", json!(u64::MAX)),
+        ("max_users", json!(u64::MAX)),
+    ] {
+        let r = admin
+            .put("/api/tenants/acme/limits", json!({ field: value }))
+            .await;
+        assert_err(&r, 422, "validation_failed");
+        assert_eq!(r.1["errors"][0]["path"], field, "{}", r.1);
+    }
+    assert_eq!(admin.must_get("/api/tenants/acme/usage").await, before);
+    let mut limits = admin.must_get("/api/plans/free").await["limits"].clone();
+    limits["requests_per_minute"] = json!(0);
+    let r = admin
+        .post("/api/plans", json!({"name": "nothing", "limits": limits}))
+        .await;
+    assert_err(&r, 422, "validation_failed");
+    assert_err(&admin.get("/api/plans/nothing").await, 404, "not_found");
+    // The bounds themselves are fine, and null is unlimited.
+    for body in [
+        json!({"requests_per_minute": 1, "burst": 1}),
+        json!({"requests_per_minute": 1_000_000_000, "burst": 1_000_000_000}),
+        json!({"requests_per_minute": null, "bandwidth_gb_month": 0}),
+    ] {
+        let r = admin.put("/api/tenants/acme/limits", body.clone()).await;
+        assert_eq!(r.0, 200, "{body}: {}", r.1);
+    }
+});
