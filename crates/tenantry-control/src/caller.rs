@@ -295,6 +295,9 @@ async fn resolve(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Body<T>(pub T);
 
+/// How long a request body may take to arrive (API bodies are at most a few hundred KiB).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl<S, T> FromRequest<S> for Body<T>
 where
     T: serde::de::DeserializeOwned,
@@ -316,13 +319,25 @@ where
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
-            } else {
-                ApiError::new(ErrorCode::BadRequest, e.body_text())
-            }
-        })?;
+        let read = tokio::time::timeout(BODY_TIMEOUT, bytes::Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|e| {
+                if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+                } else {
+                    ApiError::new(ErrorCode::BadRequest, e.body_text())
+                }
+            })?;
         // JSON can only carry NUL as an escape; no field of ours accepts it (PostgreSQL
         // cannot even store it), so refuse it up front with a clear answer.
         if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the path exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
     /// 409: the id, email or host is already taken.
     Conflict,
     /// 409: the tenant's routes, policy and WAF settings come from the configuration file;
@@ -64,6 +66,7 @@ impl ErrorCode {
             Forbidden | PlanLimit | TenantSuspended => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Conflict | ManagedByFile | LastOwner | DowngradeBlocked => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

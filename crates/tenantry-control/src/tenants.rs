@@ -189,6 +189,7 @@ impl From<AuditEntry> for AuditResponse {
 /// Paging of the audit log.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// At most this many entries (default 100, at most 1000).
     pub limit: Option<u32>,

@@ -600,3 +600,22 @@ store_test!(hostile_strings_never_5xx, |backend| async {
     assert_eq!(s.proxy("acme.localhost", "/").await.status, 200);
     s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
 });
+
+// A body that stops arriving gets 408 naming the cause, not a 500 when the request's overall
+// deadline passes; the process keeps serving.
+store_test!(a_stalled_body_gets_408, |backend| async {
+    let s = backend.start().await;
+    let admin = s.admin().await;
+    s.tenant(&admin, "acme", "pro").await;
+    let token = admin.token.clone().expect("admin token");
+    let head = format!(
+        "PUT /api/tenants/acme/waf HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"level\":"
+    );
+    let started = std::time::Instant::now();
+    let out =
+        tenantry_testkit::raw_request(s.admin, head.as_bytes(), Duration::from_secs(25)).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("\"error\":\"request_timeout\""), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(admin.get("/api/tenants/acme/waf").await.0, 200);
+});

@@ -82,6 +82,17 @@ async fn openapi_document_lists_and_guards_every_endpoint() {
             let Some(op) = item.get(m) else { continue };
             operations += 1;
             let responses = op["responses"].as_object().expect("responses");
+            // A path parameter is a placeholder of the path; query parameters are not.
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                if param["in"] == "path" {
+                    let name = param["name"].as_str().unwrap_or_default();
+                    assert!(
+                        p.contains(&format!("{{{name}}}")),
+                        "{} {p}: path parameter {name:?} is not in the path",
+                        m.to_uppercase()
+                    );
+                }
+            }
             // The document itself cannot fail; every other operation documents its errors.
             if p != "/api/openapi.json" && !responses.keys().any(|code| code.starts_with('4')) {
                 without_4xx.push(format!("{} {p}", m.to_uppercase()));
