@@ -32,8 +32,8 @@ pub enum AuthError {
     /// A key file or key configuration is unusable.
     #[error("invalid key: {0}")]
     Key(String),
-    /// A token was rejected; the reason is one of `expired`, `signature`, `audience`,
-    /// `issuer`, `malformed`, `algorithm`. Log it, never send it to the client.
+    /// A token was rejected; the reason is one of `expired`, `not_yet_valid`, `signature`,
+    /// `audience`, `issuer`, `malformed`, `algorithm`. Log it, never send it to the client.
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
     /// Reading or writing a key file, or the OS random source, failed.

@@ -271,7 +271,7 @@ impl TokenIssuer {
     /// Accepts only this issuer's algorithm (`alg: none`, key confusion and every other
     /// algorithm fail with reason `algorithm`), then checks the signature, `aud` ==
     /// `tenantry`, `iss` == the configured issuer, `exp` > `now` with at most 5 s of leeway,
-    /// and that `iat` is present. The token version and the role are the caller's to check.
+    /// and that `iat` is present and not later than `now` (same leeway). The token version and the role are the caller's to check.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidToken("malformed"));
@@ -308,6 +308,10 @@ impl TokenIssuer {
         }
         if now >= claims.exp.saturating_add(LEEWAY_SECS) {
             return Err(AuthError::InvalidToken("expired"));
+        }
+        // Issued in the future: no token of ours is (only a forged or a clock-skewed one).
+        if claims.iat > now.saturating_add(LEEWAY_SECS) {
+            return Err(AuthError::InvalidToken("not_yet_valid"));
         }
         Ok(claims)
     }

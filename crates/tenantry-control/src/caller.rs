@@ -263,7 +263,7 @@ async fn resolve(
     let claims = state
         .tokens
         .verify(token, crate::now_secs())
-        .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     // The token must still match the user: removed users, role changes and password changes
     // (each bumps the token version) invalidate every token issued before.
     let user = state

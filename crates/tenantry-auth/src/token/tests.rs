@@ -221,6 +221,15 @@ fn rejects_expired_tokens_after_five_seconds_of_leeway() {
 }
 
 #[test]
+fn rejects_tokens_issued_in_the_future() {
+    let issuer = hs256();
+    let token = token(&issuer);
+    assert!(issuer.verify(&token, NOW).is_ok());
+    assert!(issuer.verify(&token, NOW - 5).is_ok());
+    assert_eq!(rejected(issuer.verify(&token, NOW - 6)), "not_yet_valid");
+}
+
+#[test]
 fn rejects_wrong_audience() {
     let claims = Claims {
         aud: "someone-else".into(),
