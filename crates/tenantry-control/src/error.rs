@@ -146,7 +146,13 @@ impl ApiError {
 
     /// 404 for a kind and id.
     pub fn not_found(kind: &str, id: &str) -> Self {
-        Self::new(ErrorCode::NotFound, format!("{kind} {id:?} not found"))
+        // The id comes from the URL: echo a bounded prefix, not whatever length was sent.
+        let shown: String = id.chars().take(80).collect();
+        let more = if shown.len() < id.len() { "…" } else { "" };
+        Self::new(
+            ErrorCode::NotFound,
+            format!("{kind} {shown:?}{more} not found"),
+        )
     }
 
     /// 422 with one field error.

@@ -445,8 +445,16 @@ pub async fn status(url: &str) -> Result<String> {
         .await
         .context("Redis did not answer in time")?
         .with_context(|| format!("cannot connect to {url}"))?;
-    let version: Option<u64> = conn.get(VERSION_KEY).await?;
-    let version = version.unwrap_or(0);
+    // Anyone with write access to Redis can put anything there: read the version as text,
+    // print node names without control characters, and mark entries that are not ours.
+    let version: Option<String> = conn.get(VERSION_KEY).await?;
+    let version = match version {
+        None => 0,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("{VERSION_KEY} is not a number: {v:?}"))?,
+    };
     let mut nodes: Vec<(String, String)> = conn.hgetall(NODES_KEY).await?;
     nodes.sort();
     let now = unix_ms();
@@ -455,7 +463,14 @@ pub async fn status(url: &str) -> Result<String> {
         "NODE                                     STATE  VERSION  BEHIND  TENANTS  ROUTES  SEEN\n",
     );
     for (id, v) in nodes {
-        let v: Value = serde_json::from_str(&v).unwrap_or(Value::Null);
+        let id: String = id
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let Ok(v) = serde_json::from_str::<Value>(&v) else {
+            out.push_str(&format!("{id:<40} (not a node entry: unreadable JSON)\n"));
+            continue;
+        };
         let seen = v["seen_ms"].as_u64().unwrap_or(0);
         let node_version = v["version"].as_u64().unwrap_or(0);
         let state = if now.saturating_sub(seen) <= LIVE_MS {
