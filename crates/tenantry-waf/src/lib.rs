@@ -369,7 +369,9 @@ impl Waf {
             request,
             reply,
         };
-        match self.inner.queue.push(tenant, job) {
+        // A request whose client left while queued holds no slot any more: a full queue drops
+        // those before it evicts a live one.
+        match self.inner.queue.push(tenant, job, |j| j.reply.is_closed()) {
             Ok(None) => {}
             Ok(Some(evicted)) => {
                 let _ = evicted.reply.send(Err(WafError::Busy));

@@ -66,11 +66,20 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
     }
 
     /// Queues `item` for `key`. `Ok(Some(evicted))` when the queue was full and another
-    /// key's newest item made room: the caller answers it.
-    pub(crate) fn push(&self, key: &K, item: T) -> Result<Option<T>, Refused<T>> {
+    /// key's newest item made room: the caller answers it. When the queue is full, items
+    /// nobody waits for any more (`dead`) are dropped first.
+    pub(crate) fn push(
+        &self,
+        key: &K,
+        item: T,
+        dead: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, Refused<T>> {
         let mut s = self.lock();
         if s.closed {
             return Err(Refused::Closed(item));
+        }
+        if s.len >= self.capacity {
+            s.drop_dead(&dead);
         }
         let mine = s.queues.get(key).map_or(0, VecDeque::len);
         let mut evicted = None;
@@ -149,6 +158,24 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
 }
 
 impl<K: Hash + Eq + Clone, T> State<K, T> {
+    /// Drops the items for which `dead` holds (a full queue's scan; keys left without items
+    /// leave the ring).
+    fn drop_dead(&mut self, dead: &impl Fn(&T) -> bool) {
+        let before = self.len;
+        let mut removed = 0;
+        self.queues.retain(|_, q| {
+            let n = q.len();
+            q.retain(|item| !dead(item));
+            removed += n - q.len();
+            !q.is_empty()
+        });
+        if removed > 0 {
+            self.len = before - removed;
+            let queues = &self.queues;
+            self.ring.retain(|k| queues.contains_key(k));
+        }
+    }
+
     /// Takes the front key's oldest item and moves the key to the back of the ring (or out
     /// of it, when that was its last item).
     fn take(&mut self) -> Option<T> {
@@ -185,6 +212,11 @@ mod tests {
 
     use super::*;
 
+    /// Every item is waited for.
+    fn live(_: &u32) -> bool {
+        false
+    }
+
     fn drain(q: &FairQueue<&'static str, u32>) -> Vec<u32> {
         let mut out = Vec::new();
         while q.len() > 0 {
@@ -197,11 +229,11 @@ mod tests {
     fn tenants_are_served_in_turn_each_in_order() {
         let q = FairQueue::new(100);
         for i in 0..5 {
-            q.push(&"heavy", i).unwrap();
+            q.push(&"heavy", i, live).unwrap();
         }
-        q.push(&"light", 100).unwrap();
-        q.push(&"other", 200).unwrap();
-        q.push(&"light", 101).unwrap();
+        q.push(&"light", 100, live).unwrap();
+        q.push(&"other", 200, live).unwrap();
+        q.push(&"light", 101, live).unwrap();
         // heavy was first; then each key in the order it became non-empty.
         assert_eq!(drain(&q), [0, 100, 200, 1, 101, 2, 3, 4]);
     }
@@ -210,15 +242,15 @@ mod tests {
     fn a_full_queue_makes_room_from_the_longest_tenant() {
         let q = FairQueue::new(4);
         for i in 0..3 {
-            q.push(&"a", i).unwrap();
+            q.push(&"a", i, live).unwrap();
         }
-        q.push(&"b", 10).unwrap();
+        q.push(&"b", 10, live).unwrap();
         // Full; "a" is the longest: its own push is refused.
-        assert!(matches!(q.push(&"a", 3), Err(Refused::Full(3))));
+        assert!(matches!(q.push(&"a", 3, live), Err(Refused::Full(3))));
         // "c" takes the place of "a"'s newest.
-        assert_eq!(q.push(&"c", 20).unwrap(), Some(2));
+        assert_eq!(q.push(&"c", 20, live).unwrap(), Some(2));
         // a:2, b:1, c:1. "b" would end up as long as "a" was: nothing to gain, refused.
-        assert!(matches!(q.push(&"b", 11), Err(Refused::Full(11))));
+        assert!(matches!(q.push(&"b", 11, live), Err(Refused::Full(11))));
         assert_eq!(q.len(), 4);
         assert_eq!(drain(&q), [0, 10, 20, 1]);
     }
@@ -227,11 +259,11 @@ mod tests {
     fn two_heavy_tenants_cannot_shut_out_a_third() {
         let q = FairQueue::new(8);
         for i in 0..4 {
-            q.push(&"a", i).unwrap();
-            q.push(&"b", 10 + i).unwrap();
+            q.push(&"a", i, live).unwrap();
+            q.push(&"b", 10 + i, live).unwrap();
         }
-        assert!(matches!(q.push(&"a", 4), Err(Refused::Full(_))));
-        let evicted = q.push(&"c", 20).unwrap().unwrap();
+        assert!(matches!(q.push(&"a", 4, live), Err(Refused::Full(_))));
+        let evicted = q.push(&"c", 20, live).unwrap().unwrap();
         assert!(evicted == 3 || evicted == 13, "{evicted}");
         assert!(drain(&q).contains(&20));
     }
@@ -246,7 +278,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         q.close();
         assert_eq!(consumer.join().unwrap(), None);
-        assert!(matches!(q.push(&"a", 1), Err(Refused::Closed(1))));
+        assert!(matches!(q.push(&"a", 1, live), Err(Refused::Closed(1))));
     }
 
     #[test]
@@ -257,7 +289,21 @@ mod tests {
             std::thread::spawn(move || q.pop())
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
-        q.push(&"a", 7).unwrap();
+        q.push(&"a", 7, live).unwrap();
         assert_eq!(consumer.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_full_queue_drops_abandoned_items_before_evicting_a_live_one() {
+        let q = FairQueue::new(4);
+        for i in 0..4 {
+            q.push(&"a", i, live).unwrap();
+        }
+        // 1 and 2 were abandoned: they make room, nobody is evicted.
+        let abandoned = |i: &u32| *i == 1 || *i == 2;
+        assert_eq!(q.push(&"b", 10, abandoned).unwrap(), None);
+        assert_eq!(q.push(&"a", 4, abandoned).unwrap(), None);
+        assert_eq!(q.len(), 4);
+        assert_eq!(drain(&q), vec![0, 10, 3, 4]);
     }
 }
