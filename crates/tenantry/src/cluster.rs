@@ -411,22 +411,19 @@ pub fn quota_action(e: &QuotaEvent) -> &'static str {
     }
 }
 
-/// Quota events go to the tenant's audit log and, in cluster mode, to `tn:events`.
+/// Quota events go to the tenant's audit log and, in cluster mode, to `tn:events`. One task
+/// writes the audit entries in the order the events happened (an addition that crosses 80%
+/// and 100% at once records the warning first). Must be called inside the main runtime.
 pub fn install_quota_sink(gw: &Gateway, store: Store, cluster: Option<Arc<Cluster>>) {
     let node = cluster
         .as_ref()
         .map_or_else(|| "local".to_owned(), |c| c.node().to_owned());
-    gw.quotas().set_sink(Arc::new(move |e: QuotaEvent| {
-        let store = store.clone();
-        let details = quota_json(&e, &node);
-        if let Some(c) = &cluster {
-            c.publish_quota(&e);
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let actor = Actor::new("gateway", None);
+    // Unbounded: a tenant emits at most one event per threshold and window.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<QuotaEvent>();
+    tokio::spawn(async move {
+        let actor = Actor::new("gateway", None);
+        while let Some(e) = rx.recv().await {
+            let details = quota_json(&e, &node);
             if let Err(err) = store
                 .tenant(&e.tenant)
                 .record_event(&actor, quota_action(&e), e.quota.as_str(), &details)
@@ -434,7 +431,13 @@ pub fn install_quota_sink(gw: &Gateway, store: Store, cluster: Option<Arc<Cluste
             {
                 tracing::warn!(tenant = %e.tenant, error = %err, "quota event not recorded in the audit log");
             }
-        });
+        }
+    });
+    gw.quotas().set_sink(Arc::new(move |e: QuotaEvent| {
+        if let Some(c) = &cluster {
+            c.publish_quota(&e);
+        }
+        let _ = tx.send(e);
     }));
 }
 

@@ -321,15 +321,15 @@ fn actions(entries: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-/// The actions, sorted (separate tasks record the events: their order is not fixed).
+/// The actions, sorted (events of different requests may be counted in either order).
 fn sorted_actions(entries: &[Value]) -> Vec<&str> {
     let mut v = actions(entries);
     v.sort_unstable();
     v
 }
 
-/// Waits (bounded) until the tenant's quota audit entries are exactly `want` (as a set:
-/// the events are recorded by separate tasks), and returns them oldest first.
+/// Waits (bounded) until the tenant's quota audit entries are exactly `want` (as a set),
+/// and returns them oldest first.
 async fn wait_quota_audit(admin: &Api, tenant: &str, want: &[&str]) -> Vec<Value> {
     let mut want_sorted = want.to_vec();
     want_sorted.sort_unstable();
@@ -1160,4 +1160,25 @@ async fn two_nodes_share_the_token_quota_through_redis() {
         1,
         "{ma}\n{mb}"
     );
+}
+
+/// One response that crosses 80% and 100% at once records the warning before the
+/// exceeded entry, as they happened (one writer records the events in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_crossed_at_once_are_recorded_in_order() {
+    let up = FakeOpenAi::start().await;
+    let s = start(&config(&llm_tenant("acme", "acme.localhost", &up, ""))).await;
+    let admin = s.admin().await;
+    set_limits(
+        &admin,
+        "acme",
+        json!({"tokens_per_minute": 100, "on_quota": "block"}),
+    )
+    .await;
+    avoid_minute_boundary().await;
+    let body = chat_body("gpt-4o-mini", false);
+    let r = chat(&s.t, "acme.localhost", &body, &[("x-fake-tokens", "150")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let audit = wait_quota_audit(&admin, "acme", &["quota.warning", "quota.exceeded"]).await;
+    assert_eq!(actions(&audit), ["quota.warning", "quota.exceeded"]);
 }
