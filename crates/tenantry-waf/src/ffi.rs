@@ -180,9 +180,12 @@ impl Rules {
         rules.add(head)?;
         let _parsing = PARSER.lock().unwrap_or_else(|p| p.into_inner());
         let mut err: *const c_char = ptr::null();
-        // SAFETY: both sets are live; `base` is only read (its rules' reference counts are
-        // atomic, so transactions may run on it meanwhile). On error the library stores a
-        // strdup'ed message in err, which we free.
+        // SAFETY: both sets are live. `base` is read (its rules' reference counts are atomic,
+        // so transactions may run on it meanwhile), with one exception in 3.0.9's
+        // `mergeProperties`: a base holding `SecResponseBodyMimeTypesClear` (only possible
+        // through `waf.extra_rules`) has its response MIME-type list cleared again, which it
+        // already is. No transaction reads that list: Tenantry never runs the response
+        // phases. On error the library stores a strdup'ed message in err, which we free.
         let n = unsafe { (api.rules_merge)(rules.ptr, base.ptr, &mut err) };
         check(n, err, "the rules could not be merged")?;
         Ok((rules, usize::try_from(n).unwrap_or(0)))
