@@ -80,7 +80,8 @@ impl RuleSet {
         &self.key
     }
 
-    /// Number of rules libmodsecurity loaded.
+    /// Number of rules libmodsecurity loaded. A derived set counts its base's rules,
+    /// excluded ones included: `SecRuleRemoveById` skips them when they would run.
     pub fn rule_count(&self) -> usize {
         self.count
     }
