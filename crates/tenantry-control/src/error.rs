@@ -259,11 +259,25 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::JsonDataError(e) => {
-                // serde's message names the field ("unknown field `x`", "invalid type …").
-                let detail = std::error::Error::source(&e)
+                // serde's message names the field ("unknown field `x`", "invalid type …");
+                // axum reads the body through serde_path_to_error, which knows its path.
+                let source = std::error::Error::source(&e);
+                let detail = source
                     .map(ToString::to_string)
                     .unwrap_or_else(|| e.body_text());
-                ApiError::new(ErrorCode::ValidationFailed, detail)
+                let mut err = ApiError::new(ErrorCode::ValidationFailed, detail);
+                // axum wraps it in its own error: look down the chain.
+                let path_error = std::iter::successors(source, |e| e.source()).find_map(|e| {
+                    e.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
+                });
+                if let Some(p) = path_error {
+                    let path = p.path().to_string();
+                    err.body.errors.push(FieldError {
+                        path: if path == "." { String::new() } else { path },
+                        message: p.inner().to_string(),
+                    });
+                }
+                err
             }
             JsonRejection::JsonSyntaxError(e) => ApiError::new(
                 ErrorCode::BadRequest,

@@ -184,6 +184,12 @@ store_test!(malformed_and_invalid_bodies, |backend| async {
             r.1
         );
         assert_eq!(r.1["error"], "validation_failed");
+        assert_eq!(
+            r.1["errors"][0]["path"],
+            *field,
+            "{}",
+            what("the field named")
+        );
         let mut unknown = valid.clone();
         unknown["is_admin"] = json!(true);
         let r = send(&[JSON], unknown.to_string().into_bytes()).await;
