@@ -20,6 +20,11 @@ use crate::{Inner, LimitsError, Rate, RedisOptions};
 /// reset_after_us, retry_after_us`. The decisions are taken one after the other, so a key that
 /// appears twice sees its first decision. A rejected request writes nothing. A key lives
 /// exactly until its bucket is full again.
+///
+/// A key is read once and written once per call, however many of the call's decisions it
+/// takes (a batch under load is mostly one tenant's or route's key): the script keeps the
+/// key's arrival time in a table between decisions, which is what reading back its own
+/// write would give, since nothing else runs while a script does.
 pub(crate) const GCRA_LUA: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local now
@@ -30,28 +35,38 @@ else
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
 local out = {}
+local cur = {}
+local ttl = {}
+local dirty = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local t = tonumber(ARGV[2 * i])
   local tau = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', key)) or now
+  local tat = cur[key]
+  if tat == nil then tat = tonumber(redis.call('GET', key)) or now end
   if tat < now then tat = now end
   local new_tat = tat + t
   local diff = new_tat - now
   local n = #out
   if diff <= tau then
-    redis.call('SET', key, string.format('%d', new_tat),
-      'PX', string.format('%d', math.max(1, math.ceil(diff / 1000))))
+    if ttl[key] == nil then dirty[#dirty + 1] = key end
+    cur[key] = new_tat
+    ttl[key] = diff
     out[n + 1] = 1
     out[n + 2] = math.floor((tau - diff) / t)
     out[n + 3] = diff
     out[n + 4] = 0
   else
+    cur[key] = tat
     out[n + 1] = 0
     out[n + 2] = 0
     out[n + 3] = tat - now
     out[n + 4] = new_tat - tau - now
   end
+end
+for _, key in ipairs(dirty) do
+  redis.call('SET', key, string.format('%d', cur[key]),
+    'PX', string.format('%d', math.max(1, math.ceil(ttl[key] / 1000))))
 end
 return out
 ";

@@ -141,6 +141,81 @@ async fn lua_matches_rust_gcra() {
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
+/// One call with the same key several times, interleaved with another key, decides as the
+/// same decisions taken one after the other (the script reads and writes each key once).
+#[tokio::test]
+async fn lua_batch_with_repeated_keys_matches_sequential_gcra() {
+    let Some(mut conn) = conn_or_skip().await else {
+        return;
+    };
+    let p = prefix("batch");
+    let (a, b) = (format!("{p}a"), format!("{p}b"));
+    // Real time: the keys' PX must not expire them during the test.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let pa = params_us(Rate::per_second(10, 3)).unwrap();
+    let pb = params_us(Rate::per_minute(60, 2)).unwrap();
+    // a's bucket starts part-used: a stored arrival time 150 ms ahead.
+    let _: () = redis::cmd("SET")
+        .arg(&a)
+        .arg(now + 150_000)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let order = [&a, &a, &b, &a, &b, &a, &b, &a];
+    let gcra_script = redis::Script::new(GCRA_LUA);
+    let mut script = gcra_script.prepare_invoke();
+    script.arg(now);
+    for k in order {
+        let params = if *k == a { pa } else { pb };
+        script.key(k).arg(params.t).arg(params.tau);
+    }
+    let reply: Vec<i64> = script.invoke_async(&mut conn).await.unwrap();
+    let mut stored = std::collections::HashMap::from([(a.clone(), now + 150_000), (b.clone(), 0)]);
+    let mut mismatches = Vec::new();
+    for (i, k) in order.iter().enumerate() {
+        let params = if **k == a { pa } else { pb };
+        let want = gcra(stored[*k], now, params);
+        let got = outcome_from_reply((
+            reply[4 * i],
+            reply[4 * i + 1],
+            reply[4 * i + 2],
+            reply[4 * i + 3],
+        ));
+        let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
+        if fields(&got) != fields(&want) {
+            mismatches.push(format!(
+                "decision {i} ({k}): lua {:?} rust {:?}",
+                fields(&got),
+                fields(&want)
+            ));
+        }
+        if want.allowed {
+            stored.insert((*k).clone(), want.new_tat);
+        }
+    }
+    for k in [&a, &b] {
+        let tat: Option<u64> = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if tat != Some(stored[k]) {
+            mismatches.push(format!("{k}: stored {tat:?}, rust {}", stored[k]));
+        }
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg(&[&a, &b])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
 #[tokio::test]
 async fn counter_script_sets_ttl_only_once() {
     let Some(mut conn) = conn_or_skip().await else {
