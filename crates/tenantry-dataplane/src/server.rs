@@ -608,12 +608,12 @@ async fn admin(
         (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "application/json",
-            "{\"error\":\"method_not_allowed\"}\n",
+            "{\"error\":\"method_not_allowed\",\"message\":\"/healthz, /readyz and /metrics answer GET, /admin/reload POST\"}\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
             "application/json",
-            "{\"error\":\"not_found\"}\n",
+            "{\"error\":\"not_found\",\"message\":\"no such path on the admin listener: it serves /healthz, /readyz, /metrics, /admin/reload and /api/...\"}\n",
         ),
     };
     Ok(resp)

@@ -87,3 +87,37 @@ async fn metrics_fold_tenants_beyond_the_limit_and_access_log_has_every_field() 
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["error"], "unknown_host");
 }
+
+/// Unknown paths and wrong methods on the admin listener answer JSON errors that say what
+/// the listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_errors_say_what_it_serves() {
+    let b = echo_backends(1).await;
+    let yaml = config_with(
+        "",
+        &tenant("t0", "t0.localhost", "round_robin", &[&b[0]], ""),
+    );
+    let t = Tenantry::start(bin(), &yaml).await;
+    let admin = t.admin.expect("admin listener");
+    let c = HttpClient::new();
+    for path in ["/nothing", "//api/tenants", "/metrics/x"] {
+        let r = c.get(admin, "localhost", path).await.unwrap();
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["error"], "not_found", "{path}");
+        assert!(r.json()["message"].is_string(), "{path}: {:?}", r.body);
+    }
+    let r = c
+        .request(
+            "POST",
+            admin,
+            "localhost",
+            "/metrics",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"], "method_not_allowed");
+    assert!(r.json()["message"].is_string(), "{:?}", r.body);
+}
