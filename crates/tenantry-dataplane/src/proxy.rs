@@ -391,6 +391,14 @@ pub async fn handle(
         let sent = deadline::race(&mut timer, send).await;
         match sent {
             Ok(Ok(s)) => break Ok(s),
+            Ok(Err((err, _))) if client_body_failed(&err) => {
+                // The client's body broke (malformed chunking, or the client went away
+                // mid-upload) while it was being forwarded: the client's fault, not the
+                // backend's, so it counts nothing against the backend's health (else three such
+                // requests from anyone would eject a healthy backend).
+                tracing::debug!(error = ?err, backend = %b.label(), "request body failed while forwarding");
+                break Err(ErrorCode::BadRequest);
+            }
             Ok(Err((err, unsent))) => {
                 let connect = matches!(err, UpstreamError::Connect(_));
                 if b.health.record_failure(
@@ -896,6 +904,12 @@ fn local_error_with(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Whether an upstream exchange failed because the request body the client was sending
+/// failed (hyper's client reports an error of the body it was polling as a user error).
+fn client_body_failed(err: &UpstreamError) -> bool {
+    matches!(err, UpstreamError::Request(e) if e.is_user())
 }
 
 #[cfg(test)]

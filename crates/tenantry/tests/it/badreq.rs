@@ -288,3 +288,53 @@ async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
     assert!(text.contains("\"backend\":\"b0\""), "{text}");
     assert_eq!(b[0].hits(), 1);
 }
+
+/// A request body that breaks while it is forwarded (malformed chunking, or a client that
+/// leaves mid-upload) is the client's fault: the client gets 400, and the backend's health is
+/// untouched. Before, three such requests from anyone ejected a healthy backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_request_bodies_do_not_eject_the_backend() {
+    let b = echo_backends(1).await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
+    let d = Duration::from_secs(3);
+    for i in 0..4 {
+        let got = raw_request(
+            t.http,
+            b"POST /a HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n-5\r\nhello\r\n0\r\n\r\n",
+            d,
+        )
+        .await;
+        assert!(
+            got.starts_with("HTTP/1.1 400"),
+            "malformed chunk {i}: {got:?}"
+        );
+    }
+    for i in 0..4 {
+        // A chunked upload cut off: the client closes after the first chunk.
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+        s.write_all(b"POST /a HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+        let _ = i;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = HttpClient::new();
+    for i in 0..5 {
+        let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
+        assert_eq!(
+            r.status, 200,
+            "request {i} after the broken uploads: {:?}",
+            r.body
+        );
+    }
+    let m = t.metrics().await;
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("tenantry_backend_up{"))
+            .all(|l| l.ends_with(" 1")),
+        "{m}"
+    );
+}
