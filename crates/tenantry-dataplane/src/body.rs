@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -73,6 +74,10 @@ pub enum UpBody {
     /// A streamed body of unknown length (chunked, or HTTP/2 without `content-length`) on a
     /// route with a bandwidth quota: counted as it passes (see [`Metered`]).
     Metered(Box<Metered>),
+    /// A streamed body whose end the proxy watches: the flag is set once the client's body
+    /// has been forwarded in full, so a response timeout that fires before can be told apart
+    /// (the client was still sending: not the backend's fault).
+    Watched(Box<UpBody>, Arc<AtomicBool>),
 }
 
 /// A `Stream` or `Prefixed` body whose bytes go to the tenant's bandwidth quota when it ends
@@ -140,6 +145,15 @@ impl Body for UpBody {
                 }
                 polled
             }
+            UpBody::Watched(inner, ended) => {
+                let polled = Pin::new(&mut **inner).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None))
+                    || (matches!(polled, Poll::Ready(Some(Ok(_)))) && inner.is_end_stream())
+                {
+                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                polled
+            }
             UpBody::Prefixed(prefix, b, m) => {
                 if let Some(d) = prefix.take() {
                     m.add_bytes(d.len() as u64, 0);
@@ -163,6 +177,7 @@ impl Body for UpBody {
             UpBody::Full(b) => b.is_none(),
             UpBody::Prefixed(p, b, _) => p.is_none() && b.is_end_stream(),
             UpBody::Metered(m) => m.inner.is_end_stream(),
+            UpBody::Watched(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -173,6 +188,7 @@ impl Body for UpBody {
             UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpBody::Full(None) => SizeHint::with_exact(0),
             UpBody::Metered(m) => m.inner.size_hint(),
+            UpBody::Watched(inner, _) => inner.size_hint(),
             UpBody::Prefixed(p, b, _) => {
                 let first = p.as_ref().map_or(0, |p| p.len() as u64);
                 let rest = b.size_hint();

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     BadGateway,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
+    /// The client's request body did not finish arriving within the response timeout (408):
+    /// the client's delay, not the backend's.
+    RequestTimeout,
     /// The request is malformed or ambiguous, e.g. both Content-Length and
     /// Transfer-Encoding (400).
     BadRequest,
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::NoHealthyBackend => "no_healthy_backend",
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QuotaExceeded | ErrorCode::QuotaThrottled => "quota_exceeded",
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::BadRequest | ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
             ErrorCode::RateLimited | ErrorCode::QuotaThrottled => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::QuotaExceeded | ErrorCode::PolicyDenied | ErrorCode::WafBlocked => {

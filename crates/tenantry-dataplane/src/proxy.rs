@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -361,6 +361,17 @@ pub async fn handle(
         }
         other => other,
     };
+    // A streamed body is watched to its end: a response timeout while the client is still
+    // sending is the client's delay (408), not the backend's.
+    let body_ended = matches!(
+        up_body,
+        UpBody::Stream(..) | UpBody::Prefixed(..) | UpBody::Metered(..)
+    )
+    .then(|| Arc::new(AtomicBool::new(false)));
+    let up_body = match &body_ended {
+        Some(ended) => UpBody::Watched(Box::new(up_body), Arc::clone(ended)),
+        None => up_body,
+    };
     let mut up_req = Request::from_parts(parts, up_body);
     let forwarding = Forwarding {
         conn: &conn,
@@ -432,6 +443,13 @@ pub async fn handle(
                     }
                     _ => break Err(ErrorCode::BadGateway),
                 }
+            }
+            Err(_)
+                if body_ended
+                    .as_ref()
+                    .is_some_and(|e| !e.load(Ordering::Relaxed)) =>
+            {
+                break Err(ErrorCode::RequestTimeout);
             }
             Err(_) => {
                 if b.health.record_failure(

@@ -339,3 +339,41 @@ async fn upstream_framings_and_idle_closed_connections_pass_through() {
         );
     }
 }
+
+/// A client that uploads slower than the response timeout gets 408 `request_timeout`, and
+/// its slowness counts nothing against the backend (before: 504, and three such uploads
+/// ejected the backend). A slow backend still gets 504 and is still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_the_clients_timeout_not_the_backends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = echo_backends(1).await;
+    let t = start_acme_with("upstream: { response_timeout: 300ms }", &[&b[0]]).await;
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(t.http).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        // The next chunk never comes in time.
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "upload {i}: {out:?}");
+        assert!(out.contains("request_timeout"), "upload {i}: {out:?}");
+    }
+    let c = HttpClient::new();
+    for i in 0..3 {
+        let r = c.get(t.http, "acme.localhost", "/").await.unwrap();
+        assert_eq!(
+            r.status, 200,
+            "request {i} after the slow uploads: {:?}",
+            r.body
+        );
+    }
+    let r = c
+        .get(t.http, "acme.localhost", "/slow?ms=3000")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+}
