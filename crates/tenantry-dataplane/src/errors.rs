@@ -18,6 +18,9 @@ pub enum ErrorCode {
     BadGateway,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
+    /// The request uses a transfer coding other than `chunked` (501): the proxy would have to
+    /// drop or decode it.
+    NotImplemented,
     /// The client's request body did not finish arriving within the response timeout (408):
     /// the client's delay, not the backend's.
     RequestTimeout,
@@ -59,6 +62,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QuotaExceeded | ErrorCode::QuotaThrottled => "quota_exceeded",
@@ -81,6 +85,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::BadRequest | ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
             ErrorCode::RateLimited | ErrorCode::QuotaThrottled => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::QuotaExceeded | ErrorCode::PolicyDenied | ErrorCode::WafBlocked => {

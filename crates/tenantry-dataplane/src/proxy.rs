@@ -772,6 +772,20 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
     if req.version() < Version::HTTP_2 && hosts.more {
         return Err(ErrorCode::BadRequest);
     }
+    // RFC 9112 §6.1: a transfer coding the proxy does not implement (`gzip, chunked`) gets
+    // 501; forwarding the body as plain `chunked` would silently drop the coding.
+    let other_coding = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        });
+    if other_coding {
+        return Err(ErrorCode::NotImplemented);
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400.
     match hosts.first {
         Some(h) if !valid_authority(h.as_bytes()) => return Err(ErrorCode::BadRequest),
@@ -804,6 +818,13 @@ fn resolve(gw: &Gateway, host: &str, path: &str) -> Result<Arc<RouteRt>, ErrorCo
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
+        // h2c would turn the connection into an HTTP/2 tunnel past routing, the WAF and the
+        // limits: it is not passed on (the request goes as a plain HTTP/1.1 request).
+        && !req.headers().get_all(header::UPGRADE).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')

@@ -338,3 +338,39 @@ async fn broken_request_bodies_do_not_eject_the_backend() {
         "{m}"
     );
 }
+
+/// A transfer coding other than chunked gets 501 (forwarding as plain chunked would drop
+/// it), and an `h2c` upgrade is not passed on: the request goes upstream as plain HTTP/1.1,
+/// so no HTTP/2 tunnel can bypass routing, the WAF and the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_transfer_codings_get_501_and_h2c_is_not_upgraded() {
+    let b = echo_backends(1).await;
+    let t = start_acme("round_robin", &[&b[0]], "").await;
+    let d = Duration::from_secs(3);
+    for te in ["gzip, chunked", "deflate,chunked"] {
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let got = raw_request(t.http, req.as_bytes(), d).await;
+        assert!(got.starts_with("HTTP/1.1 501"), "{te}: {got:?}");
+        assert!(got.contains("not_implemented"), "{te}: {got:?}");
+    }
+    assert_eq!(b[0].hits(), 0, "nothing reached the backend");
+    let got = raw_request(
+        t.http,
+        b"GET /up HTTP/1.1\r\nHost: acme.localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    let body = &got[got.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    assert!(
+        !v["connection"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("upgrade"),
+        "the upgrade was forwarded: {got}"
+    );
+}
