@@ -96,25 +96,35 @@ const MAX_RATE: u64 = 1_000_000_000;
 /// The largest count any other limit may set (users, routes, tokens per minute, GB).
 const MAX_COUNT: u64 = 1_000_000_000_000;
 
-/// `v` if it is within `min..=max` (`None`: unlimited, always fine).
-fn bounded(v: Option<u64>, path: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+/// The values a numeric limit may take: rates like a route's own `ratelimit` (0 would refuse
+/// every request), bandwidth in GB up to [`MAX_RATE`], every other count up to [`MAX_COUNT`].
+fn range(field: &str) -> std::ops::RangeInclusive<u64> {
+    match field {
+        "requests_per_minute" | "burst" => 1..=MAX_RATE,
+        "bandwidth_gb_month" => 0..=MAX_RATE,
+        _ => 0..=MAX_COUNT,
+    }
+}
+
+/// `v` if it is within the field's [`range`] (`None`: unlimited, always fine).
+fn bounded(v: Option<u64>, field: &str) -> Result<Option<u64>, ApiError> {
+    let r = range(field);
     match v {
-        Some(n) if !(min..=max).contains(&n) => Err(ApiError::invalid(
-            path,
-            format!("must be between {min} and {max} (or null for unlimited), got {n}"),
+        Some(n) if !r.contains(&n) => Err(ApiError::invalid(
+            field,
+            format!(
+                "must be between {} and {} (or null for unlimited), got {n}",
+                r.start(),
+                r.end()
+            ),
         )),
         _ => Ok(v),
     }
 }
 
 /// [`bounded`] for an override, where absent keeps the plan's value.
-fn bounded_override(
-    v: Option<Option<u64>>,
-    path: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<Option<u64>>, ApiError> {
-    v.map(|inner| bounded(inner, path, min, max)).transpose()
+fn bounded_override(v: Option<Option<u64>>, field: &str) -> Result<Option<Option<u64>>, ApiError> {
+    v.map(|inner| bounded(inner, field)).transpose()
 }
 
 impl TryFrom<LimitsBody> for PlanLimits {
@@ -122,25 +132,15 @@ impl TryFrom<LimitsBody> for PlanLimits {
 
     fn try_from(b: LimitsBody) -> Result<Self, ApiError> {
         Ok(PlanLimits {
-            max_users: bounded(b.max_users, "max_users", 0, MAX_COUNT)?,
-            max_routes: bounded(b.max_routes, "max_routes", 0, MAX_COUNT)?,
-            max_backends_per_route: bounded(
-                b.max_backends_per_route,
-                "max_backends_per_route",
-                0,
-                MAX_COUNT,
-            )?,
-            max_domains: bounded(b.max_domains, "max_domains", 0, MAX_COUNT)?,
-            max_workers: bounded(b.max_workers, "max_workers", 0, MAX_COUNT)?,
-            requests_per_minute: bounded(
-                b.requests_per_minute,
-                "requests_per_minute",
-                1,
-                MAX_RATE,
-            )?,
-            burst: bounded(b.burst, "burst", 1, MAX_RATE)?,
-            tokens_per_minute: bounded(b.tokens_per_minute, "tokens_per_minute", 0, MAX_COUNT)?,
-            bandwidth_gb_month: bounded(b.bandwidth_gb_month, "bandwidth_gb_month", 0, MAX_RATE)?,
+            max_users: bounded(b.max_users, "max_users")?,
+            max_routes: bounded(b.max_routes, "max_routes")?,
+            max_backends_per_route: bounded(b.max_backends_per_route, "max_backends_per_route")?,
+            max_domains: bounded(b.max_domains, "max_domains")?,
+            max_workers: bounded(b.max_workers, "max_workers")?,
+            requests_per_minute: bounded(b.requests_per_minute, "requests_per_minute")?,
+            burst: bounded(b.burst, "burst")?,
+            tokens_per_minute: bounded(b.tokens_per_minute, "tokens_per_minute")?,
+            bandwidth_gb_month: bounded(b.bandwidth_gb_month, "bandwidth_gb_month")?,
             waf_level: waf(&b.waf_level, "waf_level")?,
             dedicated_allowed: b.dedicated_allowed,
             on_quota: on_quota(&b.on_quota, "on_quota")?,
@@ -265,35 +265,18 @@ impl TryFrom<OverridesBody> for LimitOverrides {
 
     fn try_from(b: OverridesBody) -> Result<Self, ApiError> {
         Ok(LimitOverrides {
-            max_users: bounded_override(b.max_users, "max_users", 0, MAX_COUNT)?,
-            max_routes: bounded_override(b.max_routes, "max_routes", 0, MAX_COUNT)?,
+            max_users: bounded_override(b.max_users, "max_users")?,
+            max_routes: bounded_override(b.max_routes, "max_routes")?,
             max_backends_per_route: bounded_override(
                 b.max_backends_per_route,
                 "max_backends_per_route",
-                0,
-                MAX_COUNT,
             )?,
-            max_domains: bounded_override(b.max_domains, "max_domains", 0, MAX_COUNT)?,
-            max_workers: bounded_override(b.max_workers, "max_workers", 0, MAX_COUNT)?,
-            requests_per_minute: bounded_override(
-                b.requests_per_minute,
-                "requests_per_minute",
-                1,
-                MAX_RATE,
-            )?,
-            burst: bounded_override(b.burst, "burst", 1, MAX_RATE)?,
-            tokens_per_minute: bounded_override(
-                b.tokens_per_minute,
-                "tokens_per_minute",
-                0,
-                MAX_COUNT,
-            )?,
-            bandwidth_gb_month: bounded_override(
-                b.bandwidth_gb_month,
-                "bandwidth_gb_month",
-                0,
-                MAX_RATE,
-            )?,
+            max_domains: bounded_override(b.max_domains, "max_domains")?,
+            max_workers: bounded_override(b.max_workers, "max_workers")?,
+            requests_per_minute: bounded_override(b.requests_per_minute, "requests_per_minute")?,
+            burst: bounded_override(b.burst, "burst")?,
+            tokens_per_minute: bounded_override(b.tokens_per_minute, "tokens_per_minute")?,
+            bandwidth_gb_month: bounded_override(b.bandwidth_gb_month, "bandwidth_gb_month")?,
             waf_level: b
                 .waf_level
                 .as_deref()

@@ -71,38 +71,54 @@ pub enum UpBody {
     /// The first bytes, read for the WAF, then the rest of the client's body, streamed (both
     /// counted into the route's `sent` bytes).
     Prefixed(Option<Bytes>, ReqBody, Arc<RouteMetrics>),
-    /// A streamed body of unknown length (chunked, or HTTP/2 without `content-length`) on a
-    /// route with a bandwidth quota: counted as it passes (see [`Metered`]).
-    Metered(Box<Metered>),
-    /// A streamed body whose end the proxy watches: the flag is set once the client's body
-    /// has been forwarded in full, so a response timeout that fires before can be told apart
-    /// (the client was still sending: not the backend's fault).
-    Watched(Box<UpBody>, Arc<AtomicBool>),
+    /// The client's body, streamed (`Stream` or `Prefixed` inside), with what the proxy
+    /// tracks while it passes: its end, and, on a route with a bandwidth quota when its length
+    /// is unknown, its bytes (see [`Streamed`]).
+    Streamed(Box<Streamed>),
 }
 
-/// A `Stream` or `Prefixed` body whose bytes go to the tenant's bandwidth quota when it ends
-/// or is dropped (an upload cut short counts what was sent). Bodies of declared length are
-/// counted by their `Content-Length` instead, without this wrapper.
-pub struct Metered {
+/// A streamed client body, watched as it is forwarded.
+/// - `ended` is set once the body has been forwarded in full, so a response timeout that
+///   fires before can be told apart (the client was still sending: not the backend's fault).
+/// - `meter`, for a body of unknown length (chunked, or HTTP/2 without `content-length`) on a
+///   route with a bandwidth quota, counts the bytes; they go to the tenant's quota when the
+///   body ends or is dropped (an upload cut short counts what was sent). Bodies of declared
+///   length are counted by their `Content-Length` instead.
+pub struct Streamed {
     inner: UpBody,
+    ended: Arc<AtomicBool>,
+    meter: Option<Meter>,
+}
+
+/// The bytes of a [`Streamed`] body so far, and whose quota they go to.
+struct Meter {
     counted: u64,
     route: Arc<crate::table::RouteRt>,
     gw: Arc<Gateway>,
 }
 
-impl Metered {
-    /// Meters `inner` for `route`'s tenant.
-    pub(crate) fn new(inner: UpBody, route: Arc<crate::table::RouteRt>, gw: Arc<Gateway>) -> Self {
-        Metered {
+impl Streamed {
+    /// Watches `inner` (a `Stream` or `Prefixed` body); with `meter`, counts its bytes into
+    /// the route's tenant's bandwidth. Returns the body and its end flag.
+    pub(crate) fn watch(
+        inner: UpBody,
+        meter: Option<(Arc<crate::table::RouteRt>, Arc<Gateway>)>,
+    ) -> (UpBody, Arc<AtomicBool>) {
+        let ended = Arc::new(AtomicBool::new(false));
+        let body = UpBody::Streamed(Box::new(Streamed {
             inner,
-            counted: 0,
-            route,
-            gw,
-        }
+            ended: Arc::clone(&ended),
+            meter: meter.map(|(route, gw)| Meter {
+                counted: 0,
+                route,
+                gw,
+            }),
+        }));
+        (body, ended)
     }
 }
 
-impl Drop for Metered {
+impl Drop for Meter {
     fn drop(&mut self) {
         let Some(adm) = &self.route.admission else {
             return;
@@ -136,21 +152,19 @@ impl Body for UpBody {
             }
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            UpBody::Metered(m) => {
-                let polled = Pin::new(&mut m.inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &polled
-                    && let Some(d) = f.data_ref()
-                {
-                    m.counted += d.len() as u64;
-                }
-                polled
-            }
-            UpBody::Watched(inner, ended) => {
-                let polled = Pin::new(&mut **inner).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None))
-                    || (matches!(polled, Poll::Ready(Some(Ok(_)))) && inner.is_end_stream())
-                {
-                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            UpBody::Streamed(st) => {
+                let polled = Pin::new(&mut st.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let (Some(m), Some(d)) = (&mut st.meter, f.data_ref()) {
+                            m.counted += d.len() as u64;
+                        }
+                        if st.inner.is_end_stream() {
+                            st.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    Poll::Ready(None) => st.ended.store(true, std::sync::atomic::Ordering::Relaxed),
+                    _ => {}
                 }
                 polled
             }
@@ -176,8 +190,7 @@ impl Body for UpBody {
             UpBody::Empty => true,
             UpBody::Full(b) => b.is_none(),
             UpBody::Prefixed(p, b, _) => p.is_none() && b.is_end_stream(),
-            UpBody::Metered(m) => m.inner.is_end_stream(),
-            UpBody::Watched(inner, _) => inner.is_end_stream(),
+            UpBody::Streamed(st) => st.inner.is_end_stream(),
         }
     }
 
@@ -187,8 +200,7 @@ impl Body for UpBody {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpBody::Full(None) => SizeHint::with_exact(0),
-            UpBody::Metered(m) => m.inner.size_hint(),
-            UpBody::Watched(inner, _) => inner.size_hint(),
+            UpBody::Streamed(st) => st.inner.size_hint(),
             UpBody::Prefixed(p, b, _) => {
                 let first = p.as_ref().map_or(0, |p| p.len() as u64);
                 let rest = b.size_hint();
@@ -223,7 +235,7 @@ pub struct Tap {
     /// The upstream connection, returned to its pool if the body is read to the end.
     pub(crate) conn: Option<Conn>,
     pub(crate) complete: bool,
-    /// Request body bytes, counted into the bandwidth quota: as declared, or the length of a body read in full (a streamed body of unknown length is counted by `UpBody::Metered` instead).
+    /// Request body bytes, counted into the bandwidth quota: as declared, or the length of a body read in full (a streamed body of unknown length is counted by [`Streamed`] instead).
     pub(crate) request_bytes: u64,
     /// On LLM routes: finds the response's token usage as it streams.
     pub(crate) usage: Option<Box<UsageScanner>>,

@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
 
 use crate::admission::{self, Admission, QuotaKind, Refusal};
-use crate::body::{Metered, ReqBody, RespBody, Tap, UpBody};
+use crate::body::{ReqBody, RespBody, Streamed, Tap, UpBody};
 use crate::deadline::{self, Deadline};
 use crate::errors::ErrorCode;
 use crate::forward::Forwarding;
@@ -343,34 +343,22 @@ pub async fn handle(
             Err((r, close)) => return refused(&gw, r, rate.as_ref(), tap, close),
         },
     };
-    // A body that has already ended is no body: the request can take the inline client.
-    let up_body = match up_body {
-        UpBody::Stream(b, _) if b.is_end_stream() => UpBody::Empty,
-        // A body of unknown length is counted into the bandwidth quota as it streams.
-        body @ (UpBody::Stream(..) | UpBody::Prefixed(..))
-            if tap.request_bytes == 0
+    // A body that has already ended is no body: the request can take the inline client. A
+    // streamed one is watched to its end (a response timeout while the client is still sending
+    // is the client's delay, 408, not the backend's) and, when its length is unknown on a route
+    // with a bandwidth quota, counted into the quota as it streams.
+    let (up_body, body_ended) = match up_body {
+        UpBody::Stream(b, _) if b.is_end_stream() => (UpBody::Empty, None),
+        body @ (UpBody::Stream(..) | UpBody::Prefixed(..)) => {
+            let metered = tap.request_bytes == 0
                 && admission
                     .as_ref()
-                    .is_some_and(|a| a.bandwidth_bytes.is_some()) =>
-        {
-            UpBody::Metered(Box::new(Metered::new(
-                body,
-                Arc::clone(&route),
-                Arc::clone(&gw),
-            )))
+                    .is_some_and(|a| a.bandwidth_bytes.is_some());
+            let meter = metered.then(|| (Arc::clone(&route), Arc::clone(&gw)));
+            let (body, ended) = Streamed::watch(body, meter);
+            (body, Some(ended))
         }
-        other => other,
-    };
-    // A streamed body is watched to its end: a response timeout while the client is still
-    // sending is the client's delay (408), not the backend's.
-    let body_ended = matches!(
-        up_body,
-        UpBody::Stream(..) | UpBody::Prefixed(..) | UpBody::Metered(..)
-    )
-    .then(|| Arc::new(AtomicBool::new(false)));
-    let up_body = match &body_ended {
-        Some(ended) => UpBody::Watched(Box::new(up_body), Arc::clone(ended)),
-        None => up_body,
+        other => (other, None),
     };
     let mut up_req = Request::from_parts(parts, up_body);
     let forwarding = Forwarding {
@@ -945,8 +933,9 @@ fn local_error_with(
     resp
 }
 
-/// Whether an upstream exchange failed because the request body the client was sending
-/// failed (hyper's client reports an error of the body it was polling as a user error).
+/// Whether an upstream exchange failed on our side of it: hyper's client reports an error of
+/// the request body it was polling (the client's body broke) as a user error. Its other user
+/// errors would be the proxy's own request building; neither is the backend's fault.
 fn client_body_failed(err: &UpstreamError) -> bool {
     matches!(err, UpstreamError::Request(e) if e.is_user())
 }
