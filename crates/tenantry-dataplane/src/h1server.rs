@@ -25,7 +25,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,14 +51,23 @@ const COPY_MAX: usize = 16 * 1024;
 /// The most gathered in the write buffer before it is written.
 const OUT_MAX: usize = 64 * 1024;
 
-/// Sizes the server accepts before handing a connection to hyper.
+/// Sizes and times the server accepts before handing a connection to hyper.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The largest request head (hyper answers `431` beyond it).
+    /// The largest request head (hyper answers `431` beyond it; a request line that alone
+    /// fills it gets `414` here).
     pub max_head: usize,
     /// The largest request body read in full with its head; larger ones are streamed by hyper.
     pub max_body: usize,
+    /// The longest wait for the next bytes of a request body being read (nginx's
+    /// `client_body_timeout`): past it the client gets `408 request_timeout` and the
+    /// connection closes.
+    pub body_timeout: Duration,
 }
+
+/// `Content-Length` values above this are refused with `413` here (no backend or body
+/// counter is built for them, and hyper cannot represent the largest).
+const MAX_DECLARED_BODY: u64 = 1 << 53;
 
 /// How a connection left this server.
 pub enum Served<I> {
@@ -70,6 +81,8 @@ pub enum Served<I> {
 /// Serves plain HTTP/1.1 requests on `io` with `handle` until the connection ends or a request
 /// needs hyper. `closing` turns to `true` (or its sender goes away) when the server shuts
 /// down: an idle connection closes at once, a busy one after its current response.
+/// `reading_body` is true while a request's body is being read (the caller's idle watchdog
+/// leaves such a connection to [`Limits::body_timeout`]).
 ///
 /// # Errors
 /// Reading or writing the socket failed.
@@ -77,6 +90,7 @@ pub async fn serve<I, F, Fut>(
     mut io: I,
     limits: Limits,
     mut closing: watch::Receiver<bool>,
+    reading_body: &AtomicBool,
     mut handle: F,
 ) -> io::Result<Served<I>>
 where
@@ -94,6 +108,11 @@ where
                 match parse(&mut buf, &mut fields, limits) {
                     Parse::Complete(h) => break h,
                     Parse::Partial if buf.len() < limits.max_head => {}
+                    Parse::Partial if !buf.contains(&b'\n') => {
+                        // The request line alone fills the head's room: its target is too long.
+                        return refuse(io, StatusCode::URI_TOO_LONG, "uri_too_long").await;
+                    }
+                    Parse::Refuse(status, code) => return refuse(io, status, code).await,
                     Parse::Partial | Parse::Unsupported => {
                         return Ok(Served::Fallback(Prepend::new(buf.freeze(), io)));
                     }
@@ -127,13 +146,27 @@ where
             None
         } else {
             let len = head.content_length;
+            reading_body.store(true, Ordering::Relaxed);
             while buf.len() < len {
                 buf.reserve(len - buf.len());
-                if io.read_buf(&mut buf).await? == 0 {
-                    // The client left part way through its body: nothing to answer.
-                    return Ok(Served::Closed);
+                match tokio::time::timeout(limits.body_timeout, io.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) => {
+                        // The client left part way through its body: nothing to answer.
+                        reading_body.store(false, Ordering::Relaxed);
+                        return Ok(Served::Closed);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        reading_body.store(false, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        reading_body.store(false, Ordering::Relaxed);
+                        return refuse(io, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+                    }
                 }
             }
+            reading_body.store(false, Ordering::Relaxed);
             Some(buf.split_to(len).freeze())
         };
 
@@ -153,6 +186,38 @@ where
     }
 }
 
+/// Answers a request this server refuses before the proxy sees it (the route is not known
+/// yet, so no access log line or route metric): `{"error":…,"request_id":…}`, then closes.
+async fn refuse<I>(mut io: I, status: StatusCode, code: &str) -> io::Result<Served<I>>
+where
+    I: AsyncWrite + Unpin,
+{
+    let id = crate::reqid::generate();
+    let id = id.to_str().unwrap_or("");
+    let body = format!("{{\"error\":\"{code}\",\"request_id\":\"{id}\"}}\n");
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    field(&mut out, b"content-type", b"application/json");
+    field(&mut out, b"x-request-id", id.as_bytes());
+    field(
+        &mut out,
+        b"content-length",
+        itoa::Buffer::new().format(body.len()).as_bytes(),
+    );
+    push_date(&mut out);
+    field(&mut out, b"connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    io.write_all(&out).await?;
+    io.flush().await?;
+    let _ = io.shutdown().await;
+    Ok(Served::Closed)
+}
+
 /// A parsed request head.
 struct Head {
     request: Request<()>,
@@ -169,6 +234,8 @@ enum Parse {
     Partial,
     /// Not a request this server handles (or not a valid one): hyper's.
     Unsupported,
+    /// A request refused here, with this status and error code.
+    Refuse(StatusCode, &'static str),
 }
 
 /// Offsets of a header field's name and value in the head.
@@ -222,8 +289,9 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, limits: Limits) -> Parse {
     };
     let head = buf.split_to(len).freeze();
     match build(&head, method, path, fields, limits) {
-        Some(h) => Parse::Complete(h),
-        None => {
+        Ok(h) => Parse::Complete(h),
+        Err(Some((status, code))) => Parse::Refuse(status, code),
+        Err(None) => {
             // Put the head back in front of what follows it, for hyper.
             let mut whole = BytesMut::with_capacity(head.len() + buf.len());
             whole.extend_from_slice(&head);
@@ -234,32 +302,46 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, limits: Limits) -> Parse {
     }
 }
 
-/// Builds the request from a parsed head; `None` when it is not a plain request.
+/// Why [`build`] did not make a request: `None` when it is not a plain one (hyper's), else the
+/// status and error code it is refused with.
+type NotBuilt = Option<(StatusCode, &'static str)>;
+
+/// Builds the request from a parsed head.
 fn build(
     head: &Bytes,
     method: Method,
     path: (usize, usize),
     fields: &[Field],
     limits: Limits,
-) -> Option<Head> {
-    let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).ok()?;
+) -> Result<Head, NotBuilt> {
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).map_err(|_| None)?;
     // The proxy adds no fields to this map: the forwarding fields are written into the
     // upstream head (`forward.rs`).
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut content_length: Option<usize> = None;
     let mut keep_alive = true;
     for f in fields {
-        let name = HeaderName::from_bytes(&head[f.name.0..f.name.1]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1)).ok()?;
+        let name = HeaderName::from_bytes(&head[f.name.0..f.name.1]).map_err(|_| None)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1)).map_err(|_| None)?;
         if name == header::CONTENT_LENGTH {
             if content_length.is_some() {
-                return None;
+                return Err(None);
             }
-            let n = parse_decimal(value.as_bytes())?;
+            let digits = value.as_bytes();
+            let huge = digits.len() > 19 && digits.iter().all(u8::is_ascii_digit);
+            let n = if huge {
+                u64::MAX
+            } else {
+                parse_decimal(digits).ok_or(None)?
+            };
+            if n > MAX_DECLARED_BODY {
+                return Err(Some((StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")));
+            }
             if n > limits.max_body as u64 {
-                return None;
+                return Err(None);
             }
-            content_length = Some(usize::try_from(n).ok()?);
+            content_length = Some(usize::try_from(n).map_err(|_| None)?);
         } else if name == header::CONNECTION {
             if has_token(value.as_bytes(), b"close") {
                 keep_alive = false;
@@ -269,7 +351,7 @@ fn build(
             || name == header::EXPECT
             || name == header::UPGRADE
         {
-            return None;
+            return Err(None);
         }
         headers.append(name, value);
     }
@@ -279,7 +361,7 @@ fn build(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Some(Head {
+    Ok(Head {
         request,
         content_length: content_length.unwrap_or(0),
         keep_alive,

@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -63,6 +63,9 @@ pub struct ConnInfo {
     heads: AtomicU32,
     /// Requests whose response has not ended yet.
     in_flight: AtomicU32,
+    /// A request body is being read before its request is handled (the own HTTP/1.1
+    /// server's): the body's own timeout governs the connection meanwhile.
+    pub(crate) reading_body: AtomicBool,
 }
 
 impl ConnInfo {
@@ -84,15 +87,18 @@ impl ConnInfo {
             forwarded,
             heads: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
+            reading_body: AtomicBool::new(false),
         }
     }
 
     /// Request heads received so far, and requests not finished: a connection whose first
     /// figure stands still while the second is zero is idle, or sending a head too slowly.
+    /// A body being read counts as a request in flight.
     pub fn progress(&self) -> (u32, u32) {
         (
             self.heads.load(Ordering::Relaxed),
-            self.in_flight.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed)
+                + u32::from(self.reading_body.load(Ordering::Relaxed)),
         )
     }
 
@@ -133,6 +139,10 @@ pub async fn handle(
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
     };
+    // A target in absolute form (or HTTP/2's `:authority`) names the host: a `Host` field is
+    // ignored (RFC 9112 §3.2.2) and replaced by it, so that routing, the WAF and the upstream
+    // all see the host the request was routed by.
+    authority_wins(&mut req);
     // One lookup serves the host (for routing and the log) and phase 1's checks of it.
     let hosts = Hosts::of(&req);
     // Cheap clones (reference counts): the tap keeps them for the access log.
@@ -360,6 +370,18 @@ pub async fn handle(
         }
         other => (other, None),
     };
+    // hyper's client sends a GET, HEAD or CONNECT whose body has no known length as bodiless
+    // (such methods rarely have one), dropping the body: a streamed body of unknown length is
+    // sent chunked whatever the method.
+    if body_ended.is_some()
+        && up_body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let mut up_req = Request::from_parts(parts, up_body);
     let forwarding = Forwarding {
         conn: &conn,
@@ -737,6 +759,28 @@ impl<'a> Hosts<'a> {
     }
 }
 
+/// Makes the request target's authority the `Host` field when they differ (absolute form in
+/// HTTP/1, or an HTTP/2 request with a `Host` other than its `:authority`). An HTTP/2
+/// request without `Host` keeps none (its host is the authority, see [`request_host`]). An
+/// authority that is no field value (it cannot be, coming from a parsed URI) changes nothing.
+fn authority_wins<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let same = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.as_bytes() == authority.as_str().as_bytes(),
+        (None, _) => req.version() >= Version::HTTP_2,
+        (Some(_), Some(_)) => false,
+    };
+    if same {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
 /// The request's host as sent: `Host` for HTTP/1, `:authority` for HTTP/2.
 fn request_host<B>(req: &Request<B>, host: Option<&HeaderValue>) -> Option<HeaderValue> {
     match host {
@@ -785,12 +829,41 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
     Ok(())
 }
 
-/// Whether a `Host` value is a plausible `host[:port]`: a name, IPv4 or bracketed IPv6
-/// literal, nothing else (no spaces, controls, `%`, `/`, `@`).
+/// Whether a `Host` value is a plausible `host[:port]`: a name or IPv4 address, or a
+/// bracketed IPv6 literal, then optionally `:` and at most five digits; nothing else (no
+/// spaces, controls, `%`, `/`, `@`, a port that is not a number).
 fn valid_authority(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b".-_:[]".contains(c))
+    let (host, port) = if b.first() == Some(&b'[') {
+        let Some(end) = b.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let literal = &b[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || b":.".contains(c))
+        {
+            return false;
+        }
+        (&b[..=end], &b[end + 1..])
+    } else {
+        let colon = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        let name = &b[..colon];
+        if name.is_empty()
+            || !name
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(c))
+        {
+            return false;
+        }
+        (name, &b[colon..])
+    };
+    !host.is_empty()
+        && match port.split_first() {
+            None => true,
+            Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 /// Phase 2: the route for this host and path.

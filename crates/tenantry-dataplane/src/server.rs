@@ -457,12 +457,13 @@ where
     let limits = h1server::Limits {
         max_head: gw.settings.max_header_bytes.max(8192),
         max_body: proxy::BUFFERED_BODY_MAX,
+        body_timeout: header_timeout,
     };
     let serving = async move {
         let io = match h1 {
             Some(closing) => {
                 let handle = |req| proxy::handle(Arc::clone(&gw), Arc::clone(&conn), req);
-                match h1server::serve(io, limits, closing, handle).await? {
+                match h1server::serve(io, limits, closing, &conn.reading_body, handle).await? {
                     Served::Closed => return Ok(()),
                     Served::Fallback(io) => io,
                 }

@@ -11,7 +11,11 @@ use super::*;
 const LIMITS: Limits = Limits {
     max_head: 8192,
     max_body: 64 * 1024,
+    body_timeout: Duration::from_millis(300),
 };
+
+/// The flag `serve` raises while it reads a body (shared by these tests: none reads it).
+static READING: AtomicBool = AtomicBool::new(false);
 
 /// What the handler saw: method, target, `x-test` field, body.
 type Seen = Arc<Mutex<Vec<(String, String, String, Vec<u8>)>>>;
@@ -32,6 +36,7 @@ fn start() -> (
         server,
         LIMITS,
         closing,
+        &READING,
         move |req: Request<ReqBody>| {
             let record = Arc::clone(&record);
             async move {
@@ -290,6 +295,71 @@ async fn oversized_heads_fall_back_and_shutdown_closes_idle_connections() {
         .unwrap()
         .unwrap();
     assert!(matches!(served, Served::Closed));
+}
+
+/// Reads until the server closes, and gives back the whole answer.
+async fn read_to_close(c: &mut DuplexStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test]
+async fn long_targets_huge_lengths_and_stalled_bodies_are_refused_here() {
+    // A request line that fills the head's room: 414, not hyper's 431 for a large head.
+    let (mut c, seen, _closing, task) = start();
+    let line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(LIMITS.max_head));
+    c.write_all(line.as_bytes()).await.unwrap();
+    let got = read_to_close(&mut c).await;
+    assert!(got.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{got}");
+    assert!(got.contains("\"error\":\"uri_too_long\""), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(matches!(task.await.unwrap().unwrap(), Served::Closed));
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Lengths no body can have: 413 (hyper answered 431 to the largest).
+    for cl in [
+        "18446744073709551615",
+        "99999999999999999999999",
+        "9007199254740993",
+    ] {
+        let (mut c, seen, _closing, task) = start();
+        let req = format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {cl}\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let got = read_to_close(&mut c).await;
+        assert!(got.starts_with("HTTP/1.1 413 "), "{cl}: {got}");
+        assert!(got.contains("payload_too_large"), "{cl}: {got}");
+        assert!(matches!(task.await.unwrap().unwrap(), Served::Closed));
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    // A body that stops arriving: 408 after the body timeout, and the handler never runs.
+    let (mut c, seen, _closing, task) = start();
+    c.write_all(b"POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut c).await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    assert!(matches!(task.await.unwrap().unwrap(), Served::Closed));
+    assert!(seen.lock().unwrap().is_empty());
+
+    // A body that keeps arriving within the timeout is read whole.
+    let (mut c, seen, _closing, _task) = start();
+    c.write_all(b"POST /trickle HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    for b in [b"a", b"b", b"c", b"d"] {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.write_all(b).await.unwrap();
+    }
+    let (head, body) = read_response(&mut c, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hello /trickle");
+    assert_eq!(seen.lock().unwrap()[0].3, b"abcd");
 }
 
 #[test]
