@@ -30,7 +30,7 @@ use tenantry_domain::{
     OnQuota, RateLimitKey, Route, RouteId, RouteKind, Tenant, TenantId, TenantPolicy,
     billing_period,
 };
-use tenantry_limits::{Decision, Limiter, Rate, Source};
+use tenantry_limits::{Decision, Limiter, Rate};
 
 use crate::errors::ErrorCode;
 
@@ -388,25 +388,6 @@ pub fn quota_reached(
     Err(r)
 }
 
-/// The thresholds of the plan's request rate a decision has reached: 80% when it left at
-/// most a fifth of the burst, 80% and 100% when it refused the request; none below 80% (the
-/// common case, which costs two comparisons). Only a decision on the real counter (local,
-/// or Redis's shared one) counts: while Redis is unavailable, a refusal under
-/// `on_redis_error: deny` or a node's share of the rate under `local` says nothing about the
-/// tenant's use of its plan.
-#[inline]
-pub fn rate_thresholds(rate: &Rate, d: &Decision) -> &'static [u8] {
-    if !matches!(d.source, Source::Local | Source::Shared) {
-        &[]
-    } else if !d.allowed {
-        &[80, 100]
-    } else if d.remaining.saturating_mul(5) <= rate.burst {
-        &[80]
-    } else {
-        &[]
-    }
-}
-
 /// The minute window containing `now_ms`.
 pub fn minute_window(now_ms: u64) -> (u64, u64) {
     let start = now_ms - now_ms % 60_000;
@@ -440,15 +421,27 @@ struct Bandwidth {
     on_quota: OnQuota,
 }
 
+/// A tenant's requests counted against its plan's `requests_per_minute`, waiting for the next
+/// flush.
+#[derive(Debug)]
+struct Requests {
+    /// Start of the minute `pending` belongs to.
+    minute: u64,
+    pending: u64,
+    /// The previous minute's count when the minute turned before a flush took it.
+    late: Option<(u64, u64)>,
+    limit: u64,
+    on_quota: OnQuota,
+}
+
 /// Quota accounting shared by the workers: pending bandwidth per tenant, this node's view of
 /// the shared totals, and the event sink.
 #[derive(Default)]
 pub struct Quotas {
     bandwidth: Mutex<FastMap<TenantId, Bandwidth>>,
-    /// Request-rate thresholds this node already tried to report: per tenant, the minute
-    /// window (its start, 0 for never) it last tried 80% and 100% in; and the window of the
-    /// last sweep of tenants from earlier minutes.
-    rate_notices: Mutex<(FastMap<TenantId, [u64; 2]>, u64)>,
+    /// Requests allowed under a plan's request rate, per tenant, not yet added to the shared
+    /// counter of their minute.
+    requests: Mutex<FastMap<TenantId, Requests>>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -536,9 +529,10 @@ impl Quotas {
         }
     }
 
-    /// Pushes pending bandwidth to the counters (one addition per tenant with traffic) and
-    /// refreshes this node's view of the totals. Runs every second.
+    /// Pushes pending bandwidth and request counts to the counters (one addition per tenant
+    /// with traffic) and refreshes this node's view of the bandwidth totals. Runs every second.
     pub async fn flush(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
+        self.flush_requests(limiter, metrics).await;
         let now = unix_ms();
         type Pending = (TenantId, u64, (u64, u64), u64, OnQuota);
         let batch: Vec<Pending> = {
@@ -615,66 +609,77 @@ impl Quotas {
         }
     }
 
-    /// Reports the thresholds of the plan's request rate that decision `d` reached (see
-    /// [`rate_thresholds`]) for the tenant, once per minute window cluster-wide: each node
-    /// asks the shared counters once per threshold and minute
-    /// (`tn:q:<tenant>:rpm:<minute>:<pct>`, one `INCRBY`), and the node that makes it 1
-    /// reports.
-    pub async fn rate_decided(
-        &self,
-        limiter: &Limiter,
-        metrics: &crate::metrics::MetricsRegistry,
-        tenant: &TenantId,
-        a: &Admission,
-        rate: &Rate,
-        d: &Decision,
-    ) {
-        let burst = rate.burst;
-        let window = minute_window(unix_ms());
-        for &percent in rate_thresholds(rate, d) {
-            if !self.first_try(tenant, percent, window.0) {
-                continue;
+    /// Counts a request allowed under the plan's request rate (`limit` a minute) into the
+    /// tenant's current minute. The next [`Quotas::flush`] adds it to the minute's shared
+    /// counter, and reports 80% and 100% of the limit as the total crosses them.
+    pub fn count_request(&self, tenant: &TenantId, a: &Admission, limit: u64) {
+        let minute = minute_window(unix_ms()).0;
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = map.get_mut(tenant) {
+            if r.minute != minute {
+                if r.pending > 0 {
+                    r.late = Some((r.minute, r.pending));
+                }
+                r.minute = minute;
+                r.pending = 0;
             }
-            let key = format!(
-                "{}:{percent}",
-                quota_key(tenant, QuotaKind::RequestsPerMinute, window.0)
-            );
-            if limiter.add(&key, 1, Duration::from_secs(120)).await != 1 {
-                continue;
-            }
-            self.emit(
-                metrics,
-                QuotaEvent {
-                    tenant: tenant.clone(),
-                    quota: QuotaKind::RequestsPerMinute,
-                    percent,
-                    used: burst.saturating_sub(d.remaining),
-                    limit: burst,
-                    window,
-                    on_quota: a.on_quota,
-                },
-            );
+            r.pending += 1;
+            r.limit = limit;
+            r.on_quota = a.on_quota;
+            return;
         }
+        map.insert(
+            tenant.clone(),
+            Requests {
+                minute,
+                pending: 1,
+                late: None,
+                limit,
+                on_quota: a.on_quota,
+            },
+        );
     }
 
-    /// Whether this node has not yet tried to report `percent` for `tenant` in the minute
-    /// starting at `window_start` (and records that it now does).
-    fn first_try(&self, tenant: &TenantId, percent: u8, window_start: u64) -> bool {
-        let i = usize::from(percent == 100);
-        let mut guard = self.rate_notices.lock().unwrap_or_else(|p| p.into_inner());
-        let (tried, swept) = &mut *guard;
-        if let Some(w) = tried.get_mut(tenant) {
-            return std::mem::replace(&mut w[i], window_start) != window_start;
+    /// Adds the counted requests to their minutes' counters (`tn:q:<tenant>:rpm:<minute>`,
+    /// one addition per tenant and minute) and reports the thresholds crossed. Every node adds
+    /// its own count, so the addition that crosses a threshold is made by exactly one node,
+    /// which reports it: once per minute for the cluster.
+    async fn flush_requests(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
+        let now = unix_ms();
+        let batch: Vec<(TenantId, u64, u64, u64, OnQuota)> = {
+            let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            // Tenants without a request for two minutes are forgotten.
+            map.retain(|_, r| r.pending > 0 || r.late.is_some() || r.minute + 120_000 > now);
+            let mut batch = Vec::new();
+            for (t, r) in map.iter_mut() {
+                if let Some((minute, n)) = r.late.take() {
+                    batch.push((t.clone(), minute, n, r.limit, r.on_quota));
+                }
+                if r.pending > 0 {
+                    let n = std::mem::take(&mut r.pending);
+                    batch.push((t.clone(), r.minute, n, r.limit, r.on_quota));
+                }
+            }
+            batch
+        };
+        for (tenant, minute, n, limit, on_quota) in batch {
+            let key = quota_key(&tenant, QuotaKind::RequestsPerMinute, minute);
+            let total = limiter.add(&key, n, Duration::from_secs(120)).await;
+            for percent in crossed(total.saturating_sub(n), total, limit) {
+                self.emit(
+                    metrics,
+                    QuotaEvent {
+                        tenant: tenant.clone(),
+                        quota: QuotaKind::RequestsPerMinute,
+                        percent,
+                        used: total,
+                        limit,
+                        window: (minute, minute + 60_000),
+                        on_quota,
+                    },
+                );
+            }
         }
-        // At most one sweep a minute: the entries of this minute stay, however many.
-        if tried.len() >= 4096 && *swept != window_start {
-            tried.retain(|_, w| w.contains(&window_start));
-            *swept = window_start;
-        }
-        let mut w = [0; 2];
-        w[i] = window_start;
-        tried.insert(tenant.clone(), w);
-        true
     }
 
     /// Bytes counted on this node for the tenant but not yet flushed to the counters.
@@ -791,33 +796,89 @@ mod tests {
         assert!(quota_reached(a.on_quota, bw, window, now).is_err());
     }
 
-    #[test]
-    fn rate_thresholds_only_from_the_real_counter() {
-        let rate = Rate::per_minute(100, 10);
-        let d = |allowed, remaining, source| Decision {
-            allowed,
-            limit: 100,
-            remaining,
-            retry_after: Duration::ZERO,
-            reset_after: Duration::ZERO,
-            source,
+    /// The plan's request rate: 80% and 100% of a minute's requests are reported once each, by
+    /// the flush whose addition crosses them, whoever else adds to the same minute's counter
+    /// (another node); a new minute starts from zero.
+    #[tokio::test]
+    async fn request_notices_at_80_and_100_percent_of_the_minute() {
+        let limiter = Limiter::local();
+        let metrics = crate::metrics::MetricsRegistry::new(4);
+        let quotas = Quotas::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
+            sink.lock()
+                .unwrap()
+                .push((e.quota, e.percent, e.used, e.limit, e.window));
+        }));
+        let tenant = TenantId::parse("rpm-notices").unwrap();
+        let a = Admission {
+            rate: None,
+            kind: RouteKind::Http,
+            tokens_per_minute: None,
+            bandwidth_bytes: None,
+            on_quota: OnQuota::Notify,
+            policy: None,
         };
-        for source in [Source::Local, Source::Shared] {
-            assert!(rate_thresholds(&rate, &d(true, 3, source)).is_empty());
-            assert_eq!(rate_thresholds(&rate, &d(true, 2, source)), &[80]);
-            assert_eq!(rate_thresholds(&rate, &d(false, 0, source)), &[80, 100]);
+        let rpm = QuotaKind::RequestsPerMinute;
+        let minute = minute_window(unix_ms());
+        // Stay inside one minute (the test takes milliseconds).
+        if minute.1 - unix_ms() < 1_000 {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
         }
-        // Redis is down: a refusal (deny) or a node's share (local) is not the tenant's use.
-        for source in [Source::FallbackLocal, Source::FailOpen, Source::FailClosed] {
-            assert!(
-                rate_thresholds(&rate, &d(false, 0, source)).is_empty(),
-                "{source:?}"
-            );
-            assert!(
-                rate_thresholds(&rate, &d(true, 0, source)).is_empty(),
-                "{source:?}"
+        let minute = minute_window(unix_ms());
+        let key = quota_key(&tenant, rpm, minute.0);
+        for (requests, other_node, want) in [
+            (70, 0, vec![]),
+            (5, 0, vec![]),
+            // Another node's 10 bring the total to 85 before this node's 1: 86 crosses nothing.
+            (1, 10, vec![]),
+            (0, 0, vec![]),
+            (14, 0, vec![(rpm, 100, 100, 100, minute)]),
+            (50, 0, vec![]),
+        ] {
+            limiter
+                .add(&key, other_node, Duration::from_secs(120))
+                .await;
+            for _ in 0..requests {
+                quotas.count_request(&tenant, &a, 100);
+            }
+            quotas.flush(&limiter, &metrics).await;
+            assert_eq!(
+                std::mem::take(&mut *seen.lock().unwrap()),
+                want,
+                "after {requests} more"
             );
         }
+        // 80% was crossed by the other node's addition, which reports it there; 86 → 100 is
+        // this node's.
+        let fresh = Quotas::default();
+        let sink = Arc::clone(&seen);
+        fresh.set_sink(Arc::new(move |e: QuotaEvent| {
+            sink.lock()
+                .unwrap()
+                .push((e.quota, e.percent, e.used, e.limit, e.window));
+        }));
+        let other = TenantId::parse("rpm-notices-2").unwrap();
+        for _ in 0..80 {
+            fresh.count_request(&other, &a, 100);
+        }
+        fresh.flush(&limiter, &metrics).await;
+        let got = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].1, got[0].2), (80, 80));
+        // Counts of a minute that ended before the flush go to that minute's counter.
+        {
+            let mut r = fresh.requests.lock().unwrap();
+            let e = r.get_mut(&other).unwrap();
+            e.minute -= 60_000;
+            e.pending = 5;
+        }
+        fresh.count_request(&other, &a, 100);
+        fresh.flush(&limiter, &metrics).await;
+        let earlier = quota_key(&other, rpm, minute.0 - 60_000);
+        assert_eq!(limiter.get(&earlier).await, 5);
+        assert_eq!(limiter.get(&quota_key(&other, rpm, minute.0)).await, 81);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const RATELIMIT_BACKEND_CALLS: &str = "tenantry_ratelimit_backend_calls_tota
 /// Rate-limit decisions by where they were taken (`source` = `local` | `shared` |
 /// `fallback_local` | `fail_open` | `fail_closed`).
 pub const RATELIMIT_DECISIONS: &str = "tenantry_ratelimit_decisions_total";
+/// Counter: refusals answered from the node's memory of a shared (Redis) refusal that had not
+/// lapsed yet, without a Redis call.
+pub const RATELIMIT_CACHED_DENIALS: &str = "tenantry_ratelimit_cached_denials_total";
 /// Quota thresholds crossed (`quota`, `percent` = 80 | 100).
 pub const QUOTA_EVENTS: &str = "tenantry_quota_events_total";
 
@@ -189,6 +192,9 @@ pub struct GlobalMetrics {
     pub ratelimit_backend_up: AtomicU64,
     /// Rate-limit backend calls (copied from the limiter when rendering).
     pub ratelimit_backend_calls: AtomicU64,
+    /// Refusals answered from a remembered shared refusal (copied from the limiter when
+    /// rendering).
+    pub ratelimit_cached_denials: AtomicU64,
     /// Rate-limit decisions by source, as `tenantry_limits::Source::ALL` (copied from the
     /// limiter when rendering).
     pub ratelimit_decisions: [AtomicU64; 5],
@@ -490,6 +496,12 @@ impl MetricsRegistry {
                 "counter",
                 "Calls to the rate-limit backend (Redis); concurrent decisions share one.",
                 g.ratelimit_backend_calls.load(Ordering::Relaxed),
+            ),
+            (
+                RATELIMIT_CACHED_DENIALS,
+                "counter",
+                "Rate-limit refusals answered from this node's memory of a Redis refusal that had not lapsed (no Redis call; also counted as source=\"shared\").",
+                g.ratelimit_cached_denials.load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, kind, help);

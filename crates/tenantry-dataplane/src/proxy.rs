@@ -557,11 +557,11 @@ async fn admit(
         let key = rule.key_for(&route.tenant, &route.id, conn.peer.ip(), headers);
         let d = gw.limiter.check(&key, rule.rate).await;
         *rate = Some((d, rule.rate));
-        // Only a tenant near its plan's limit goes further.
-        if rule.plan && !admission::rate_thresholds(&rule.rate, &d).is_empty() {
+        // The plan's request rate is a quota too: its allowed requests are counted per minute
+        // (for the 80% and 100% notices).
+        if rule.plan && d.allowed {
             gw.quotas
-                .rate_decided(&gw.limiter, &gw.metrics, &route.tenant, adm, &rule.rate, &d)
-                .await;
+                .count_request(&route.tenant, adm, rule.rate.per_period);
         }
         if !d.allowed {
             route.metrics.refused(Refused::RateLimit);

@@ -569,6 +569,8 @@ async fn admin(
                     .store(u64::from(gw.limiter.backend_up()), Ordering::Relaxed);
                 g.ratelimit_backend_calls
                     .store(gw.limiter.backend_calls(), Ordering::Relaxed);
+                g.ratelimit_cached_denials
+                    .store(gw.limiter.cached_denials(), Ordering::Relaxed);
                 for (slot, (_, n)) in g.ratelimit_decisions.iter().zip(gw.limiter.decisions()) {
                     slot.store(n, Ordering::Relaxed);
                 }

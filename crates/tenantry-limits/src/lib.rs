@@ -11,7 +11,9 @@
 //!   writes only when the request is allowed (rejected requests are not counted), setting the
 //!   key's expiry in the same call (never `INCR` then `EXPIRE`). Time is the Redis server's
 //!   `TIME`, read inside the script, so clock skew between gateway nodes does not matter.
-//!   Nothing is cached locally: every decision reads the shared counter. On a worker's
+//!   Nothing that could admit a request is cached locally: every request that may be allowed
+//!   reads the shared counter (see "Refusals are remembered" below for the one thing a node
+//!   keeps). On a worker's
 //!   single-threaded runtime, decisions asked for at the same time share one call of the script
 //!   with several keys (`batch.rs`), each still decided atomically and in order. Scripts may
 //!   therefore touch several keys: the connection is to one Redis server (a primary, or a
@@ -39,6 +41,22 @@
 //! `TIME` gives seconds and microseconds; every number stays below 2^53). `T` is at least one
 //! unit, so rates above one per nanosecond (local) or per microsecond (Redis) saturate there.
 //! A `per_period` of 0 denies everything (see [`Limiter::check`]).
+//!
+//! # Refusals are remembered
+//!
+//! When the shared counter refuses a key, the node remembers the refusal until its
+//! `retry_after`, and refuses that key with the same rate again without calling Redis until
+//! then ([`Limiter::cached_denials`] counts these). This is exact, not an approximation: a
+//! key's stored TAT only grows while it lives (other nodes' allowed requests push it later,
+//! refusals write nothing, and it expires only when the bucket is full, after the refusal has
+//! lapsed), so Redis itself would refuse every one of those requests. The memory is counted
+//! from when the decision was asked for, which is no later than when Redis took it, so it
+//! lapses no later than the refusal. A different rate for the key (a plan change) is not
+//! covered by the memory and goes to Redis. What it buys: a tenant flooding far over its
+//! limit costs Redis about one call per `retry_after` per node instead of one per request,
+//! so the shared Redis, and the other tenants' decisions queued behind the flood's, stay
+//! unloaded. (A Redis that loses its data, e.g. a restart without persistence, admits again
+//! at once; the nodes then refuse for at most the remembered `retry_after`.)
 //!
 //! # Quotas: fixed-window counters
 //!
@@ -324,6 +342,8 @@ pub(crate) struct Inner {
     pub(crate) redis: Option<RedisBackend>,
     /// Decisions so far, by [`Source`] (indexed as [`Source::ALL`]).
     decisions: [AtomicU64; 5],
+    /// Refusals answered from a remembered shared refusal, without a Redis call.
+    cached_denials: AtomicU64,
 }
 
 /// The limiter: cheap to clone (an `Arc` inside), `Send + Sync`.
@@ -356,6 +376,7 @@ impl Limiter {
             nodes: AtomicU32::new(1),
             redis,
             decisions: Default::default(),
+            cached_denials: AtomicU64::new(0),
         })
     }
 
@@ -442,6 +463,13 @@ impl Limiter {
         d
     }
 
+    /// Refusals of the Redis kind answered from this node's memory of a shared refusal that
+    /// had not lapsed yet, without a Redis call (they also count as [`Source::Shared`] in
+    /// [`Limiter::decisions`]). Always 0 for the local kind.
+    pub fn cached_denials(&self) -> u64 {
+        self.inner.cached_denials.load(Ordering::Relaxed)
+    }
+
     /// Decisions so far by where they were taken (every [`Limiter::check`] counts once).
     pub fn decisions(&self) -> [(Source, u64); 5] {
         Source::ALL.map(|s| (s, self.inner.decisions[s as usize].load(Ordering::Relaxed)))
@@ -455,6 +483,20 @@ impl Limiter {
         let Some(p) = shared::params_us(rate) else {
             return Decision::deny_all(rate);
         };
+        // A refusal the shared counter gave lasts until its retry time whatever any node does
+        // meanwhile (see "Refusals are remembered" in the crate docs): no round trip for it.
+        let asked = inner.clock.now_ns();
+        if let Some((retry, reset)) = inner.local.denied(key, p, asked) {
+            inner.cached_denials.fetch_add(1, Ordering::Relaxed);
+            return Decision {
+                allowed: false,
+                limit: rate.per_period,
+                remaining: 0,
+                retry_after: Duration::from_nanos(retry),
+                reset_after: Duration::from_nanos(reset),
+                source: Source::Shared,
+            };
+        }
         let outcome = match batch::enqueue(self, backend, key, p) {
             Some(rx) => rx.await.ok().flatten(),
             None => backend
@@ -464,6 +506,17 @@ impl Limiter {
         };
         match outcome {
             Some(o) => {
+                if !o.allowed && o.retry_after > 0 {
+                    // Counted from when the decision was asked for, which is no later than
+                    // when Redis took it: the memory lapses no later than the refusal does.
+                    inner.local.remember_denial(
+                        key,
+                        p,
+                        asked,
+                        o.retry_after.saturating_mul(1000),
+                        o.reset_after.saturating_mul(1000),
+                    );
+                }
                 Decision::from_outcome(o, rate.per_period, Duration::from_micros, Source::Shared)
             }
             None => self.fallback(key, rate, backend.opts.on_error),

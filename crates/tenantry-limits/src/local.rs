@@ -181,10 +181,22 @@ struct Counter {
     expires_at: u64,
 }
 
-/// The in-process state: GCRA TATs and counters.
+/// A refusal by the shared counter, remembered until it lapses (see [`LocalStore::denied`]).
+#[derive(Debug, Clone, Copy)]
+struct Denial {
+    /// The parameters it was decided with (µs, as the script's).
+    p: Params,
+    /// When one request would fit again, at the earliest (clock ns).
+    until: u64,
+    /// When the bucket would be full again, at the earliest (clock ns).
+    reset_at: u64,
+}
+
+/// The in-process state: GCRA TATs, counters, and remembered shared refusals.
 pub(crate) struct LocalStore {
     tats: ShardedMap<u64>,
     counters: ShardedMap<Counter>,
+    denials: ShardedMap<Denial>,
 }
 
 impl LocalStore {
@@ -192,7 +204,44 @@ impl LocalStore {
         Self {
             tats: ShardedMap::new(),
             counters: ShardedMap::new(),
+            denials: ShardedMap::new(),
         }
+    }
+
+    /// A refusal remembered for `key` with the same parameters that has not lapsed at `now`:
+    /// `(retry_after, reset_after)` in ns from `now`.
+    #[inline]
+    pub(crate) fn denied(&self, key: &str, p: Params, now: u64) -> Option<(u64, u64)> {
+        let shard = self.denials.shard(key);
+        match shard.map.get(key) {
+            Some(d) if d.p == p && d.until > now => {
+                Some((d.until - now, d.reset_at.saturating_sub(now)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Remembers that the shared counter, asked at `now`, refused `key` with parameters `p`
+    /// for `retry_after` (bucket full again after `reset_after`), all ns.
+    pub(crate) fn remember_denial(
+        &self,
+        key: &str,
+        p: Params,
+        now: u64,
+        retry_after: u64,
+        reset_after: u64,
+    ) {
+        let d = Denial {
+            p,
+            until: now.saturating_add(retry_after),
+            reset_at: now.saturating_add(reset_after),
+        };
+        let mut shard = self.denials.shard(key);
+        if let Some(old) = shard.map.get_mut(key) {
+            *old = d;
+            return;
+        }
+        shard.insert(key, d, |d| d.until > now);
     }
 
     /// One GCRA decision at time `now` (ns). Allocates only when the key is new.
@@ -244,9 +293,10 @@ impl LocalStore {
         }
     }
 
-    /// Number of stored GCRA keys and counters (including not yet swept idle ones).
+    /// Number of stored GCRA keys and counters (including not yet swept idle ones, and the
+    /// remembered refusals with the keys).
     pub(crate) fn len(&self) -> (usize, usize) {
-        (self.tats.len(), self.counters.len())
+        (self.tats.len() + self.denials.len(), self.counters.len())
     }
 }
 

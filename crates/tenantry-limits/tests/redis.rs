@@ -130,6 +130,66 @@ async fn redis_two_nodes_share_the_count() {
     cleanup(&url, &prefix).await;
 }
 
+/// A refusal of the shared counter is remembered until it lapses: refusals meanwhile cost no
+/// Redis call (a flood over the limit does not load the shared Redis), a different rate for
+/// the key is not answered from the memory, and the first request after the refusal lapses
+/// goes to Redis and is allowed.
+#[tokio::test]
+async fn redis_refusals_are_remembered_until_they_lapse() {
+    let Some(url) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = unique_prefix("remember");
+    let l = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    let key = format!("{prefix}k");
+    let rate = Rate::per_minute(60, 1); // one a second
+    let first = l.check(&key, rate).await;
+    assert!(first.allowed);
+    let refused = l.check(&key, rate).await;
+    assert!(!refused.allowed);
+    assert_eq!(refused.source, Source::Shared);
+    let calls = l.backend_calls();
+    let mut last = refused.retry_after;
+    for _ in 0..50 {
+        let d = l.check(&key, rate).await;
+        assert!(!d.allowed);
+        assert_eq!(d.source, Source::Shared);
+        assert_eq!((d.limit, d.remaining), (60, 0));
+        assert!(
+            d.retry_after <= last && d.retry_after > Duration::ZERO,
+            "{d:?}"
+        );
+        assert!(d.reset_after >= d.retry_after, "{d:?}");
+        last = d.retry_after;
+    }
+    assert_eq!(l.backend_calls(), calls, "remembered refusals call Redis");
+    assert_eq!(l.cached_denials(), 50);
+
+    // Another rate for the same key (a plan change) asks Redis.
+    let roomy = Rate::per_minute(60, 100);
+    assert!(l.check(&key, roomy).await.allowed);
+    assert_eq!(l.backend_calls(), calls + 1);
+
+    // Another node has no memory of it and asks Redis, which refuses too.
+    let other = Limiter::redis(RedisOptions::new(&url)).unwrap();
+    wait_up(&other, Duration::from_secs(3)).await;
+    assert!(!other.check(&key, rate).await.allowed);
+    assert_eq!(other.cached_denials(), 0);
+
+    // Once the refusal lapses, Redis decides again: the second allowed request above pushed the
+    // key one more second out, so wait for Redis's own retry time.
+    let d = l.check(&key, rate).await;
+    assert!(!d.allowed);
+    let wait = other.check(&key, rate).await.retry_after;
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let before = l.backend_calls();
+    let d = l.check(&key, rate).await;
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(l.backend_calls(), before + 1);
+    cleanup(&url, &prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_concurrent_checks_are_atomic() {
     let Some(url) = redis_or_skip().await else {

@@ -1017,8 +1017,9 @@ async fn sse_is_streamed_not_buffered() {
     );
 }
 
-/// The plan's requests per minute is a quota too: 80% and 100% of it are reported once per
-/// minute (audit entries, metrics), while the limit itself keeps refusing with 429.
+/// The plan's requests per minute is a quota too: 80% and 100% of a minute's requests are
+/// reported once per minute (audit entries, metrics) at the next count flush (every second),
+/// while the limit itself keeps refusing with 429 (refused requests are not counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plans_request_rate_reports_80_and_100_percent_once_per_minute() {
     let up = FakeOpenAi::start().await;
@@ -1032,15 +1033,24 @@ async fn the_plans_request_rate_reports_80_and_100_percent_once_per_minute() {
     .await;
     let body = chat_body("gpt-4o-mini", false);
     avoid_minute_boundary().await;
-    // 7 of 10: below 80%, nothing reported.
+    // 7 of 10: below 80%, nothing reported after a flush.
     for i in 0..7 {
         let r = chat(&s.t, "acme.localhost", &body, &[]).await;
         assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_eq!(quota_audit(&admin, "acme").await, Vec::<Value>::new());
-    // The 8th leaves 2 of 10: 80%. The 11th and 12th are refused: 100%.
-    for i in 7..12 {
+    // The 8th is 80%.
+    let r = chat(&s.t, "acme.localhost", &body, &[]).await;
+    assert_eq!(r.status, 200, "request 7: {:?}", r.body);
+    let audit = wait_quota_audit(&admin, "acme", &["quota.warning"]).await;
+    assert_eq!(
+        entry(&audit, "quota.warning")["after"]["used"],
+        8,
+        "{audit:?}"
+    );
+    // The 9th and 10th reach 100%; the 11th and 12th are refused.
+    for i in 8..12 {
         let r = chat(&s.t, "acme.localhost", &body, &[]).await;
         let want = if i < 10 { 200 } else { 429 };
         assert_eq!(r.status, want, "request {i}: {:?}", r.body);
