@@ -763,7 +763,12 @@ impl<'a> Hosts<'a> {
 /// HTTP/1, or an HTTP/2 request with a `Host` other than its `:authority`). An HTTP/2
 /// request without `Host` keeps none (its host is the authority, see [`request_host`]). An
 /// authority that is no field value (it cannot be, coming from a parsed URI) changes nothing.
+/// `CONNECT`'s authority form (no scheme) names the tunnel's destination, not the server:
+/// such a request keeps its `Host` (and is refused once the WAF has seen it).
 fn authority_wins<B>(req: &mut Request<B>) {
+    if req.uri().scheme().is_none() {
+        return;
+    }
     let Some(authority) = req.uri().authority() else {
         return;
     };

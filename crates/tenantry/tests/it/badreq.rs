@@ -144,7 +144,7 @@ async fn host_and_connect_are_checked() {
     let b = echo_backends(1).await;
     let t = start_acme("round_robin", &[&b[0]], "").await;
     let d = Duration::from_secs(3);
-    let cases: [(&[u8], &str); 13] = [
+    let cases: [(&[u8], &str); 14] = [
         (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", "HTTP/1.1 400"),
         (
@@ -182,6 +182,12 @@ async fn host_and_connect_are_checked() {
         (
             b"CONNECT acme.localhost HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
             "HTTP/1.1 400",
+        ),
+        // CONNECT's target is the tunnel's destination, not the server: routed by Host (the
+        // tenant's WAF sees it), then refused.
+        (
+            b"CONNECT www.example.com:443 HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+            "HTTP/1.1 405",
         ),
     ];
     for (req, want) in cases {
