@@ -838,7 +838,18 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
 /// bracketed IPv6 literal, then optionally `:` and at most five digits; nothing else (no
 /// spaces, controls, `%`, `/`, `@`, a port that is not a number).
 fn valid_authority(b: &[u8]) -> bool {
-    let (host, port) = if b.first() == Some(&b'[') {
+    /// Bytes of a host name or IPv4 address.
+    static NAME: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_';
+            c += 1;
+        }
+        t
+    };
+    let port = if b.first() == Some(&b'[') {
         let Some(end) = b.iter().position(|&c| c == b']') else {
             return false;
         };
@@ -846,29 +857,23 @@ fn valid_authority(b: &[u8]) -> bool {
         if literal.is_empty()
             || !literal
                 .iter()
-                .all(|c| c.is_ascii_hexdigit() || b":.".contains(c))
+                .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
         {
             return false;
         }
-        (&b[..=end], &b[end + 1..])
+        &b[end + 1..]
     } else {
-        let colon = b.iter().position(|&c| c == b':').unwrap_or(b.len());
-        let name = &b[..colon];
-        if name.is_empty()
-            || !name
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(c))
-        {
+        let name = b.iter().take_while(|&&c| NAME[usize::from(c)]).count();
+        if name == 0 {
             return false;
         }
-        (name, &b[colon..])
+        &b[name..]
     };
-    !host.is_empty()
-        && match port.split_first() {
-            None => true,
-            Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
-            Some(_) => false,
-        }
+    match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// Phase 2: the route for this host and path.
@@ -1021,6 +1026,29 @@ fn client_body_failed(err: &UpstreamError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            "acme.localhost",
+            "ACME.localhost:8080",
+            "a:",
+            "a:65535",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "[::ffff:1.2.3.4]:443",
+            "under_score-dash.example",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", ":80", "a:abc", "a:123456", "a:80:80", "[::1", "[]", "[::1]x", "[::g]", "a b",
+            "a%2e", "u@a", "a/b", "a:8 0", "\u{0}a",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
