@@ -388,6 +388,9 @@ pub fn quota_reached(
     Err(r)
 }
 
+/// How long a minute's request counter lives (from its first addition).
+const COUNTER_LIFE_MS: u64 = 120_000;
+
 /// The minute window containing `now_ms`.
 pub fn minute_window(now_ms: u64) -> (u64, u64) {
     let start = now_ms - now_ms % 60_000;
@@ -434,6 +437,10 @@ struct Requests {
     on_quota: OnQuota,
 }
 
+/// Requests of one tenant and minute to add to the shared counter: tenant, minute start,
+/// count, the plan's limit, its `on_quota`.
+type RequestCount = (TenantId, u64, u64, u64, OnQuota);
+
 /// Quota accounting shared by the workers: pending bandwidth per tenant, this node's view of
 /// the shared totals, and the event sink.
 #[derive(Default)]
@@ -442,6 +449,9 @@ pub struct Quotas {
     /// Requests allowed under a plan's request rate, per tenant, not yet added to the shared
     /// counter of their minute.
     requests: Mutex<FastMap<TenantId, Requests>>,
+    /// Request counts whose addition failed (Redis unavailable), kept for the next flush while
+    /// their minute's counter lives.
+    requests_unsent: Mutex<Vec<RequestCount>>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -552,7 +562,14 @@ impl Quotas {
             let key = quota_key(&tenant, QuotaKind::BandwidthMonth, window.0);
             // Kept a week past the period's end, for the record.
             let ttl = Duration::from_millis(window.1.saturating_sub(now) + 7 * 86_400_000);
-            let total = limiter.add(&key, pending, ttl).await;
+            let Some(total) = limiter.add_shared(&key, pending, ttl).await else {
+                // Redis is unavailable: the bytes wait for the next flush rather than start a
+                // per-node total that the shared one would never see (billing would lose them).
+                if let Some(b) = self.lock().get_mut(&tenant) {
+                    b.pending += pending;
+                }
+                continue;
+            };
             for percent in crossed(total.saturating_sub(pending), total, limit) {
                 self.emit(
                     metrics,
@@ -643,14 +660,22 @@ impl Quotas {
     /// Adds the counted requests to their minutes' counters (`tn:q:<tenant>:rpm:<minute>`,
     /// one addition per tenant and minute) and reports the thresholds crossed. Every node adds
     /// its own count, so the addition that crosses a threshold is made by exactly one node,
-    /// which reports it: once per minute for the cluster.
+    /// which reports it: once per minute for the cluster. While Redis is unavailable the
+    /// counts are kept and added when it is back (if their minute's counter still lives),
+    /// never judged on this node's share alone.
     async fn flush_requests(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
         let now = unix_ms();
-        let batch: Vec<(TenantId, u64, u64, u64, OnQuota)> = {
+        let batch: Vec<RequestCount> = {
+            let mut batch = std::mem::take(
+                &mut *self
+                    .requests_unsent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            batch.retain(|c| c.1 + COUNTER_LIFE_MS > now);
             let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
             // Tenants without a request for two minutes are forgotten.
             map.retain(|_, r| r.pending > 0 || r.late.is_some() || r.minute + 120_000 > now);
-            let mut batch = Vec::new();
             for (t, r) in map.iter_mut() {
                 if let Some((minute, n)) = r.late.take() {
                     batch.push((t.clone(), minute, n, r.limit, r.on_quota));
@@ -662,9 +687,14 @@ impl Quotas {
             }
             batch
         };
+        let mut unsent = Vec::new();
         for (tenant, minute, n, limit, on_quota) in batch {
             let key = quota_key(&tenant, QuotaKind::RequestsPerMinute, minute);
-            let total = limiter.add(&key, n, Duration::from_secs(120)).await;
+            let life = Duration::from_millis(COUNTER_LIFE_MS);
+            let Some(total) = limiter.add_shared(&key, n, life).await else {
+                unsent.push((tenant, minute, n, limit, on_quota));
+                continue;
+            };
             for percent in crossed(total.saturating_sub(n), total, limit) {
                 self.emit(
                     metrics,
@@ -679,6 +709,12 @@ impl Quotas {
                     },
                 );
             }
+        }
+        if !unsent.is_empty() {
+            self.requests_unsent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(unsent);
         }
     }
 
@@ -794,6 +830,65 @@ mod tests {
         let (window, now) = quotas.bandwidth_spent(&tenant, &a).expect("spent");
         assert!(window.0 <= now && now < window.1);
         assert!(quota_reached(a.on_quota, bw, window, now).is_err());
+    }
+
+    /// While Redis is unavailable, request counts and bandwidth wait for it instead of being
+    /// added to a per-node counter (which the shared total would never see and whose
+    /// thresholds each node would report on its own): when it is back, they are added and the
+    /// thresholds crossed are reported once.
+    #[tokio::test]
+    async fn counts_wait_for_redis_instead_of_splitting_the_total() {
+        let down = Limiter::redis(tenantry_limits::RedisOptions {
+            timeout: Duration::from_millis(50),
+            ..tenantry_limits::RedisOptions::new("redis://127.0.0.1:1")
+        })
+        .unwrap();
+        let up = Limiter::local();
+        let metrics = crate::metrics::MetricsRegistry::new(4);
+        let quotas = Quotas::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
+            sink.lock().unwrap().push((e.quota, e.percent, e.used));
+        }));
+        let tenant = TenantId::parse("waits-for-redis").unwrap();
+        let a = Admission {
+            rate: None,
+            kind: RouteKind::Http,
+            tokens_per_minute: None,
+            bandwidth_bytes: Some(1000),
+            on_quota: OnQuota::Notify,
+            policy: None,
+        };
+        if minute_window(unix_ms()).1 - unix_ms() < 2_000 {
+            tokio::time::sleep(Duration::from_millis(2_100)).await;
+        }
+        let minute = minute_window(unix_ms()).0;
+        for _ in 0..90 {
+            quotas.count_request(&tenant, &a, 100);
+        }
+        quotas.add_bandwidth(&tenant, None, &a, 900);
+        for _ in 0..3 {
+            quotas.flush(&down, &metrics).await;
+            assert!(
+                seen.lock().unwrap().is_empty(),
+                "judged on this node's count"
+            );
+            assert_eq!(down.local_len(), 0, "counted in process");
+        }
+        quotas.count_request(&tenant, &a, 100);
+        quotas.flush(&up, &metrics).await;
+        let mut got = std::mem::take(&mut *seen.lock().unwrap());
+        got.sort_by_key(|e| e.0.as_str());
+        assert_eq!(
+            got,
+            vec![
+                (QuotaKind::BandwidthMonth, 80, 900),
+                (QuotaKind::RequestsPerMinute, 80, 90),
+            ]
+        );
+        let rpm = quota_key(&tenant, QuotaKind::RequestsPerMinute, minute);
+        assert_eq!(up.get(&rpm).await, 91);
     }
 
     /// The plan's request rate: 80% and 100% of a minute's requests are reported once each, by

@@ -67,7 +67,7 @@ pub struct Limits {
 
 /// `Content-Length` values above this are refused with `413` here (no backend or body
 /// counter is built for them, and hyper cannot represent the largest).
-const MAX_DECLARED_BODY: u64 = 1 << 53;
+pub(crate) const MAX_DECLARED_BODY: u64 = 1 << 53;
 
 /// How a connection left this server.
 pub enum Served<I> {
@@ -328,7 +328,14 @@ fn build(
             if content_length.is_some() {
                 return Err(None);
             }
-            let digits = value.as_bytes();
+            // Leading zeros say nothing about the size.
+            let value_bytes = value.as_bytes();
+            let zeros = value_bytes
+                .iter()
+                .take_while(|&&c| c == b'0')
+                .count()
+                .min(value_bytes.len().saturating_sub(1));
+            let digits = &value_bytes[zeros..];
             let huge = digits.len() > 19 && digits.iter().all(u8::is_ascii_digit);
             let n = if huge {
                 u64::MAX

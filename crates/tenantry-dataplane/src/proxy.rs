@@ -27,7 +27,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tenantry_domain::{RouteKind, normalize_host};
 use tenantry_limits::{Decision, Rate};
@@ -139,14 +138,20 @@ pub async fn handle(
         Some(v) if reqid::acceptable(v) => v.clone(),
         _ => reqid::generate(),
     };
-    // A target in absolute form (or HTTP/2's `:authority`) names the host: a `Host` field is
-    // ignored (RFC 9112 §3.2.2) and replaced by it, so that routing, the WAF and the upstream
-    // all see the host the request was routed by.
-    authority_wins(&mut req);
-    // One lookup serves the host (for routing and the log) and phase 1's checks of it.
+    // One lookup serves the host (for routing and the log) and phase 1's checks of it, which
+    // apply to the request as received.
     let hosts = Hosts::of(&req);
+    let filtered = request_filter(&req, hosts).and_then(|()| declared_body_fits(&req));
     // Cheap clones (reference counts): the tap keeps them for the access log.
-    let host_value = request_host(&req, hosts.first);
+    let mut host_value = request_host(&req, hosts.first);
+    // A target in absolute form (or HTTP/2's `:authority`) names the host: the `Host` field
+    // is replaced by it (RFC 9112 §3.2.2), so that routing, the WAF and the upstream all see
+    // the host the request was routed by.
+    if filtered.is_ok()
+        && let Some(v) = authority_wins(&mut req)
+    {
+        host_value = Some(v);
+    }
     let host_raw = host_value
         .as_ref()
         .and_then(|v| v.to_str().ok())
@@ -173,7 +178,7 @@ pub async fn handle(
     };
 
     // Phase 1: request filter.
-    if let Err(code) = request_filter(&req, hosts) {
+    if let Err(code) = filtered {
         return local_error(&gw, code, tap, true);
     }
 
@@ -197,14 +202,15 @@ pub async fn handle(
                 return local_error(&gw, ErrorCode::PayloadTooLarge, tap, true);
             }
             // One byte more than inspected tells a body that is too large apart.
-            match waf::read_prefix(req.body_mut(), max.saturating_add(1)).await {
+            let gap = gw.settings.header_timeout;
+            match waf::read_prefix(req.body_mut(), max.saturating_add(1), gap).await {
                 Ok(p) if reject && p.bytes.len() > max => {
                     return local_error(&gw, ErrorCode::PayloadTooLarge, tap, true);
                 }
                 Ok(p) => prefix = Some(p),
                 Err(e) => {
                     tracing::debug!(error = %e, "request body failed while read for the WAF");
-                    return local_error(&gw, ErrorCode::BadRequest, tap, true);
+                    return local_error(&gw, e.code(), tap, true);
                 }
             }
         }
@@ -315,14 +321,12 @@ pub async fn handle(
         && !upgrade
         && declared_length(&parts.headers).is_some_and(|n| n > 0 && n <= BUFFERED_BODY_MAX as u64)
     {
-        match waf::read_prefix(&mut body, BUFFERED_BODY_MAX + 1).await {
+        let gap = gw.settings.header_timeout;
+        match waf::read_prefix(&mut body, BUFFERED_BODY_MAX + 1, gap).await {
             Ok(p) => prefix = Some(p),
             Err(e) => {
                 tracing::debug!(error = %e, "request body failed while read");
-                return with_rate(
-                    local_error(&gw, ErrorCode::BadRequest, tap, true),
-                    rate.as_ref(),
-                );
+                return with_rate(local_error(&gw, e.code(), tap, true), rate.as_ref());
             }
         }
     }
@@ -576,6 +580,17 @@ async fn admit(
 }
 
 /// The declared `Content-Length`, if any.
+/// A request read by hyper's parser (HTTP/1.0, `Expect`, HTTP/2, …) with a `Content-Length`
+/// the own HTTP/1.1 server refuses with 413 gets the same answer.
+fn declared_body_fits(req: &Request<ReqBody>) -> Result<(), ErrorCode> {
+    if matches!(req.body(), ReqBody::Hyper(_))
+        && declared_length(req.headers()).is_some_and(|n| n > crate::h1server::MAX_DECLARED_BODY)
+    {
+        return Err(ErrorCode::PayloadTooLarge);
+    }
+    Ok(())
+}
+
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -592,7 +607,7 @@ async fn admit_llm(
     route: &RouteRt,
     adm: &Admission,
     parts: &http::request::Parts,
-    body: ReqBody,
+    mut body: ReqBody,
     prefix: Option<waf::Prefix>,
 ) -> Result<(Bytes, u64), (Refusal, bool)> {
     let max = gw.settings.max_llm_body_bytes;
@@ -613,10 +628,22 @@ async fn admit_llm(
     };
     let collected = match rest_max {
         None => Ok(Bytes::new()),
-        Some(limit) => http_body_util::Limited::new(body, limit)
-            .collect()
+        // One byte more than allowed tells a body that is too large apart.
+        Some(limit) => {
+            match waf::read_prefix(
+                &mut body,
+                limit.saturating_add(1),
+                gw.settings.header_timeout,
+            )
             .await
-            .map(|c| c.to_bytes()),
+            {
+                Ok(p) if p.bytes.len() > limit => {
+                    return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
+                }
+                Ok(p) => Ok(p.bytes),
+                Err(e) => Err(e),
+            }
+        }
     };
     let bytes = match collected {
         Ok(rest) => match first {
@@ -629,10 +656,7 @@ async fn admit_llm(
                 all.freeze()
             }
         },
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err((Refusal::plain(ErrorCode::PayloadTooLarge), true));
-        }
-        Err(_) => return Err((Refusal::plain(ErrorCode::BadRequest), true)),
+        Err(e) => return Err((Refusal::plain(e.code()), true)),
     };
     let bodiless = bytes.is_empty()
         && matches!(
@@ -764,14 +788,11 @@ impl<'a> Hosts<'a> {
 /// request without `Host` keeps none (its host is the authority, see [`request_host`]). An
 /// authority that is no field value (it cannot be, coming from a parsed URI) changes nothing.
 /// `CONNECT`'s authority form (no scheme) names the tunnel's destination, not the server:
-/// such a request keeps its `Host` (and is refused once the WAF has seen it).
-fn authority_wins<B>(req: &mut Request<B>) {
-    if req.uri().scheme().is_none() {
-        return;
-    }
-    let Some(authority) = req.uri().authority() else {
-        return;
-    };
+/// such a request keeps its `Host` (and is refused once the WAF has seen it). Gives back the
+/// new `Host` when it changed.
+fn authority_wins<B>(req: &mut Request<B>) -> Option<HeaderValue> {
+    req.uri().scheme()?;
+    let authority = req.uri().authority()?;
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let same = match (hosts.next(), hosts.next()) {
         (Some(h), None) => h.as_bytes() == authority.as_str().as_bytes(),
@@ -779,11 +800,11 @@ fn authority_wins<B>(req: &mut Request<B>) {
         (Some(_), Some(_)) => false,
     };
     if same {
-        return;
+        return None;
     }
-    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-        req.headers_mut().insert(header::HOST, v);
-    }
+    let v = HeaderValue::from_str(authority.as_str()).ok()?;
+    req.headers_mut().insert(header::HOST, v.clone());
+    Some(v)
 }
 
 /// The request's host as sent: `Host` for HTTP/1, `:authority` for HTTP/2.
@@ -823,13 +844,30 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
     if other_coding {
         return Err(ErrorCode::NotImplemented);
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400.
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400, in
+    // absolute form too.
     match hosts.first {
         Some(h) if !valid_authority(h.as_bytes()) => return Err(ErrorCode::BadRequest),
-        None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+        None if req.version() == Version::HTTP_11 => return Err(ErrorCode::BadRequest),
+        _ => {}
+    }
+    if req.version() < Version::HTTP_2 {
+        let uri = req.uri();
+        let method = req.method();
+        let target_ok = match (uri.scheme_str(), uri.authority()) {
+            // Origin form (or asterisk form: OPTIONS only).
+            (None, None) => uri.path() != "*" || method == Method::OPTIONS,
+            // Authority form: CONNECT only (RFC 9112 §3.2.3).
+            (None, Some(_)) => method == Method::CONNECT,
+            // Absolute form: an http(s) URI whose authority is a valid host (no user info).
+            (Some(scheme), authority) => {
+                (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                    && authority.is_some_and(|a| valid_authority(a.as_str().as_bytes()))
+            }
+        };
+        if !target_ok {
             return Err(ErrorCode::BadRequest);
         }
-        _ => {}
     }
     Ok(())
 }

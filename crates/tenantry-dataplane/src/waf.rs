@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -137,9 +138,43 @@ pub(crate) struct Prefix {
     pub(crate) complete: bool,
 }
 
-/// Reads up to `max` bytes of the body (all of it when shorter). `Err` when the client's
-/// body failed.
-pub(crate) async fn read_prefix(body: &mut ReqBody, max: usize) -> Result<Prefix, hyper::Error> {
+/// Why [`read_prefix`] stopped without a prefix.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The client's body failed (malformed chunking, the client left).
+    Body(hyper::Error),
+    /// No bytes came for the allowed gap (the client's delay: `408`).
+    Stalled,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Body(e) => write!(f, "{e}"),
+            ReadError::Stalled => f.write_str("the body stopped arriving"),
+        }
+    }
+}
+
+impl ReadError {
+    /// The answer to the client.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            ReadError::Body(_) => ErrorCode::BadRequest,
+            ReadError::Stalled => ErrorCode::RequestTimeout,
+        }
+    }
+}
+
+/// Reads up to `max` bytes of the body (all of it when shorter). A body still arriving from
+/// the client (hyper's) must send its next bytes within `gap` (nginx's
+/// `client_body_timeout`); a body already read has none to wait for.
+pub(crate) async fn read_prefix(
+    body: &mut ReqBody,
+    max: usize,
+    gap: Duration,
+) -> Result<Prefix, ReadError> {
+    let streaming = matches!(body, ReqBody::Hyper(_));
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
@@ -147,14 +182,21 @@ pub(crate) async fn read_prefix(body: &mut ReqBody, max: usize) -> Result<Prefix
         if have >= max {
             break;
         }
-        match body.frame().await {
+        let frame = if streaming {
+            tokio::time::timeout(gap, body.frame())
+                .await
+                .map_err(|_| ReadError::Stalled)?
+        } else {
+            body.frame().await
+        };
+        match frame {
             None => {
                 return Ok(Prefix {
                     bytes: first.unwrap_or_else(|| buf.freeze()),
                     complete: true,
                 });
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err(ReadError::Body(e)),
             Some(Ok(frame)) => {
                 // Trailers end the body as far as the WAF is concerned.
                 let Ok(data) = frame.into_data() else {

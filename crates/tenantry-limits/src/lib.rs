@@ -572,25 +572,36 @@ impl Limiter {
     /// expiry. On a Redis error the error is counted and the amount is added to the local
     /// counter instead, whose total is returned: this never fails.
     pub async fn add(&self, key: &str, amount: u64, ttl: Duration) -> u64 {
-        let inner = &*self.inner;
-        if let Some(backend) = inner.redis.as_ref() {
-            let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
-            let ttl_ms = u64::try_from(ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .clamp(1, i64::MAX as u64);
-            let reply = backend
-                .call(&inner.clock, |mut conn| {
-                    let mut inv = backend.counter.prepare_invoke();
-                    inv.key(key).arg(amount_i).arg(ttl_ms);
-                    async move { inv.invoke_async::<i64>(&mut conn).await }
-                })
-                .await;
-            if let Ok(total) = reply {
-                return u64::try_from(total).unwrap_or(0);
-            }
+        if let Some(total) = self.add_shared(key, amount, ttl).await {
+            return total;
         }
+        let inner = &*self.inner;
         let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         inner.local.add(key, amount, ttl_ns, inner.clock.now_ns())
+    }
+
+    /// [`Limiter::add`] on the counter every node shares, or nothing: `None` when the Redis
+    /// kind cannot reach Redis (the error is counted; nothing is added anywhere), so that the
+    /// caller can keep the amount and add it later instead of splitting a shared total into
+    /// per-node ones. The local kind always adds (its counter is the only one).
+    pub async fn add_shared(&self, key: &str, amount: u64, ttl: Duration) -> Option<u64> {
+        let inner = &*self.inner;
+        let Some(backend) = inner.redis.as_ref() else {
+            let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+            return Some(inner.local.add(key, amount, ttl_ns, inner.clock.now_ns()));
+        };
+        let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, i64::MAX as u64);
+        let reply = backend
+            .call(&inner.clock, |mut conn| {
+                let mut inv = backend.counter.prepare_invoke();
+                inv.key(key).arg(amount_i).arg(ttl_ms);
+                async move { inv.invoke_async::<i64>(&mut conn).await }
+            })
+            .await;
+        reply.ok().map(|total| u64::try_from(total).unwrap_or(0))
     }
 
     /// Current value of counter `key` (0 if absent or expired). On a Redis error: the local

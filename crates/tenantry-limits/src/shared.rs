@@ -248,7 +248,8 @@ impl RedisBackend {
     ///
     /// `op` may be called twice: once more when the first call failed because the connection
     /// was refused (the command never reached a server, e.g. the manager's previous reconnect
-    /// had failed and this call started a new one).
+    /// had failed and this call started a new one) or dropped (e.g. an idle connection across
+    /// a Redis restart).
     pub(crate) async fn call<T, F, Fut>(&self, clock: &Clock, op: F) -> Result<T, ()>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -338,7 +339,11 @@ impl RedisBackend {
             },
         };
         match op(conn.clone()).await {
-            Err(e) if e.is_connection_refusal() => Ok(op(conn).await?),
+            // Refused: the command reached no server. Dropped: the connection died under it,
+            // typically one left idle across a Redis restart, which never ran the command (were
+            // it to drop just after a server ran it, one decision would count twice). Either
+            // way the manager reconnects, and one more try beats a fallback window.
+            Err(e) if e.is_connection_refusal() || e.is_connection_dropped() => Ok(op(conn).await?),
             r => Ok(r?),
         }
     }

@@ -369,6 +369,34 @@ async fn redis_down_fallback_and_recovery() {
     assert_eq!(local.get("q").await, 0);
 }
 
+/// A connection left idle across a Redis restart fails the next command with a dropped
+/// connection: it is sent once more on the new connection instead of falling back. And while
+/// Redis is down, `add_shared` adds nothing anywhere (its caller keeps the amount).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_an_idle_connection_costs_no_decision() {
+    if !redis_server_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let mut server = RedisServer::start(port);
+    let l = Limiter::redis(opts(&server.url(), OnBackendError::Deny)).unwrap();
+    wait_up(&l, Duration::from_secs(3)).await;
+    assert_eq!(l.check("k", RATE).await.source, Source::Shared);
+    assert_eq!(l.add_shared("q", 2, Duration::from_secs(60)).await, Some(2));
+    // Restarted with no command in between: the connection is stale.
+    server.kill();
+    let mut server = RedisServer::start(port);
+    let d = l.check("k", RATE).await;
+    assert_eq!(d.source, Source::Shared, "{d:?}");
+    assert!(d.allowed);
+    assert_eq!(l.backend_errors(), 0, "the stale connection cost an error");
+    // Down: `add_shared` adds nothing anywhere.
+    server.kill();
+    assert_eq!(l.add_shared("q", 5, Duration::from_secs(60)).await, None);
+    assert_eq!(l.local_len(), 0, "nothing was added locally");
+    assert!(l.backend_errors() > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_not_listening_at_start() {
     if !redis_server_or_skip() {

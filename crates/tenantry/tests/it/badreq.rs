@@ -218,7 +218,7 @@ async fn host_and_connect_are_checked() {
     // server and on hyper's (HTTP/1.0, which it hands over).
     for (req, status) in [
         (&b"GET http://acme.localhost/abs?q=1 HTTP/1.1\r\nHost: other.localhost\r\nConnection: close\r\n\r\n"[..], "HTTP/1.1 200"),
-        (b"GET http://acme.localhost:81/abs?q=1 HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"),
+        (b"GET http://acme.localhost:81/abs?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"),
         (b"GET http://acme.localhost/abs?q=1 HTTP/1.0\r\n\r\n", "HTTP/1.0 200"),
     ] {
         let got = raw_request(t.http, req, d).await;
@@ -249,6 +249,34 @@ async fn host_and_connect_are_checked() {
         got.starts_with("HTTP/1.1 400"),
         "user info in the target: {got:?}"
     );
+    // The Host rules hold in absolute form too (RFC 9112 §3.2), and each target form only
+    // where it belongs: authority form for CONNECT, `*` for OPTIONS, absolute form for http(s).
+    let hits = b[0].hits();
+    for req in [
+        &b"GET http://acme.localhost/ HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"[..],
+        b"GET http://acme.localhost/ HTTP/1.1\r\n\r\n",
+        b"GET http://acme.localhost/ HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        b"GET acme.localhost:80 HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+        b"POST * HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET ftp://acme.localhost/ HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+        b"GET ws://acme.localhost/ HTTP/1.1\r\nHost: acme.localhost\r\n\r\n",
+    ] {
+        let got = raw_request(t.http, req, d).await;
+        assert!(
+            got.starts_with("HTTP/1.1 400"),
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    assert_eq!(b[0].hits(), hits, "none of them reached the backend");
+    let got = raw_request(
+        t.http,
+        b"OPTIONS * HTTP/1.1\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n",
+        d,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
 }
 
 /// The echo backend's JSON summary from a raw response.
@@ -312,7 +340,24 @@ async fn long_targets_huge_lengths_and_stalled_bodies_get_their_status() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(b[0].hits(), 0);
+    // The same on hyper's parser (HTTP/1.0, Expect: 100-continue), which reads small bodies
+    // before forwarding them: 408 once the body stops for the header timeout, and 413 for a
+    // length no body can have.
+    for (req, want) in [
+        (&b"POST / HTTP/1.0\r\nHost: acme.localhost\r\nContent-Length: 100\r\n\r\npart"[..], "HTTP/1.0 408"),
+        (b"POST / HTTP/1.1\r\nHost: acme.localhost\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\npart", "HTTP/1.1 408"),
+        (b"POST / HTTP/1.0\r\nHost: acme.localhost\r\nContent-Length: 9007199254740993\r\n\r\nhello", "HTTP/1.0 413"),
+        (b"POST / HTTP/1.1\r\nHost: acme.localhost\r\nContent-Length: 00000000000000000000000005\r\nConnection: close\r\n\r\nhello", "HTTP/1.1 200"),
+    ] {
+        let got = raw_request(t.http, req, d).await;
+        let got = got.trim_start_matches("HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(got.starts_with(want), "{:?}: {got:?}", String::from_utf8_lossy(req));
+    }
+    assert_eq!(
+        b[0].hits(),
+        1,
+        "only the complete request reached the backend"
+    );
 }
 
 /// A request refused before it was read to the end still gets its 400: the connection stops
