@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::Rate;
 use crate::local::{Outcome, gcra};
-use crate::shared::{COUNTER_LUA, GCRA_LUA, outcome_from_reply, params_us};
+use crate::shared::{COUNTER_LUA, GCRA_LUA, outcomes_from_reply, params_us};
 
 const URL: &str = "redis://127.0.0.1:6379";
 
@@ -97,7 +97,7 @@ async fn lua_matches_rust_gcra() {
                     .await
                     .unwrap();
             }
-            let reply: (i64, i64, i64, i64) = script
+            let reply: Vec<u8> = script
                 .key(&key)
                 .arg(now)
                 .arg(params.t)
@@ -105,7 +105,7 @@ async fn lua_matches_rust_gcra() {
                 .invoke_async(&mut conn)
                 .await
                 .unwrap();
-            let got = outcome_from_reply(reply);
+            let got = outcomes_from_reply(&reply).unwrap()[0];
             let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
             if fields(&got) != fields(&want) {
                 mismatches.push(format!(
@@ -174,18 +174,15 @@ async fn lua_batch_with_repeated_keys_matches_sequential_gcra() {
         let params = if *k == a { pa } else { pb };
         script.key(k).arg(params.t).arg(params.tau);
     }
-    let reply: Vec<i64> = script.invoke_async(&mut conn).await.unwrap();
+    let reply: Vec<u8> = script.invoke_async(&mut conn).await.unwrap();
+    let reply = outcomes_from_reply(&reply).unwrap();
+    assert_eq!(reply.len(), order.len());
     let mut stored = std::collections::HashMap::from([(a.clone(), now + 150_000), (b.clone(), 0)]);
     let mut mismatches = Vec::new();
     for (i, k) in order.iter().enumerate() {
         let params = if **k == a { pa } else { pb };
         let want = gcra(stored[*k], now, params);
-        let got = outcome_from_reply((
-            reply[4 * i],
-            reply[4 * i + 1],
-            reply[4 * i + 2],
-            reply[4 * i + 3],
-        ));
+        let got = reply[i];
         let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
         if fields(&got) != fields(&want) {
             mismatches.push(format!(
@@ -282,4 +279,38 @@ fn params_in_microseconds() {
     assert_eq!((p.t, p.tau), (1, 3));
     let p = params_us(Rate::new(1, Duration::MAX, u64::MAX)).unwrap();
     assert_eq!((p.t, p.tau), (crate::shared::CAP_US, crate::shared::CAP_US));
+}
+
+#[test]
+fn script_replies_are_read_in_fours() {
+    let o = outcomes_from_reply(b"1 4 100000 0 0 0 500000 99999").unwrap();
+    assert_eq!(o.len(), 2);
+    assert!(o[0].allowed && !o[1].allowed);
+    assert_eq!(
+        (o[0].remaining, o[0].reset_after, o[0].retry_after),
+        (4, 100_000, 0)
+    );
+    assert_eq!(
+        (o[1].remaining, o[1].reset_after, o[1].retry_after),
+        (0, 500_000, 99_999)
+    );
+    // The largest values the script can make (below 2^53), and a negative one read as 0.
+    let o = outcomes_from_reply(b"1 9007199254740991 562949953421312 -5").unwrap();
+    assert_eq!(o[0].remaining, 9_007_199_254_740_991);
+    assert_eq!(o[0].retry_after, 0);
+    assert_eq!(outcomes_from_reply(b"").unwrap().len(), 0);
+    for bad in [
+        &b"1 2 3"[..],
+        b"1 2 3 4 5",
+        b"1 2 x 4",
+        b"1 2 3.5 4",
+        b"1 2 3 -",
+        b"1 2 3 99999999999999999999",
+    ] {
+        assert!(
+            outcomes_from_reply(bad).is_none(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
 }
