@@ -98,39 +98,43 @@ pub(crate) fn params_us(rate: Rate) -> Option<Params> {
 /// numbers per decision. `None` when it is not such a list (a negative number, which the
 /// script never makes, reads as 0).
 pub(crate) fn outcomes_from_reply(reply: &[u8]) -> Option<Vec<Outcome>> {
-    let mut numbers = reply
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let digits = w.strip_prefix(b"-").unwrap_or(w);
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n = digits
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            Some(if digits.len() < w.len() { 0 } else { n })
-        });
+    // One pass: numbers gathered four at a time.
     let mut out = Vec::with_capacity(reply.len() / 8 + 1);
-    while let Some(allowed) = numbers.next() {
-        let (
-            Some(allowed),
-            Some(Some(remaining)),
-            Some(Some(reset_after)),
-            Some(Some(retry_after)),
-        ) = (allowed, numbers.next(), numbers.next(), numbers.next())
-        else {
+    let mut four = [0u64; 4];
+    let mut filled = 0;
+    let mut i = 0;
+    while i < reply.len() {
+        if reply[i] == b' ' {
+            i += 1;
+            continue;
+        }
+        let negative = reply[i] == b'-';
+        if negative {
+            i += 1;
+        }
+        let start = i;
+        let mut n = 0u64;
+        while i < reply.len() && reply[i].is_ascii_digit() {
+            n = n.checked_mul(10)?.checked_add(u64::from(reply[i] - b'0'))?;
+            i += 1;
+        }
+        if i == start || (i < reply.len() && reply[i] != b' ') {
             return None;
-        };
-        out.push(Outcome {
-            allowed: allowed == 1,
-            remaining,
-            reset_after,
-            retry_after,
-            new_tat: 0,
-        });
+        }
+        four[filled] = if negative { 0 } else { n };
+        filled += 1;
+        if filled == 4 {
+            out.push(Outcome {
+                allowed: four[0] == 1,
+                remaining: four[1],
+                reset_after: four[2],
+                retry_after: four[3],
+                new_tat: 0,
+            });
+            filled = 0;
+        }
     }
-    Some(out)
+    (filled == 0).then_some(out)
 }
 
 thread_local! {
