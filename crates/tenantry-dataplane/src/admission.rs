@@ -30,7 +30,7 @@ use tenantry_domain::{
     OnQuota, RateLimitKey, Route, RouteId, RouteKind, Tenant, TenantId, TenantPolicy,
     billing_period,
 };
-use tenantry_limits::{Decision, Limiter, Rate};
+use tenantry_limits::{Decision, Limiter, Rate, SharedAddError};
 
 use crate::errors::ErrorCode;
 
@@ -562,13 +562,22 @@ impl Quotas {
             let key = quota_key(&tenant, QuotaKind::BandwidthMonth, window.0);
             // Kept a week past the period's end, for the record.
             let ttl = Duration::from_millis(window.1.saturating_sub(now) + 7 * 86_400_000);
-            let Some(total) = limiter.add_shared(&key, pending, ttl).await else {
-                // Redis is unavailable: the bytes wait for the next flush rather than start a
-                // per-node total that the shared one would never see (billing would lose them).
-                if let Some(b) = self.lock().get_mut(&tenant) {
-                    b.pending += pending;
+            let total = match limiter.add_shared(&key, pending, ttl).await {
+                Ok(total) => total,
+                Err(SharedAddError::NotSent) => {
+                    // Redis is unavailable: the bytes wait for the next flush rather than
+                    // start a per-node total that the shared one would never see (billing
+                    // would lose them).
+                    if let Some(b) = self.lock().get_mut(&tenant) {
+                        b.pending += pending;
+                    }
+                    continue;
                 }
-                continue;
+                Err(SharedAddError::Unknown) => {
+                    // It may have been added: sending it again could bill it twice.
+                    tracing::warn!(tenant = %tenant, bytes = pending, "bandwidth addition unconfirmed by redis; not resent");
+                    continue;
+                }
             };
             for percent in crossed(total.saturating_sub(pending), total, limit) {
                 self.emit(
@@ -691,9 +700,21 @@ impl Quotas {
         for (tenant, minute, n, limit, on_quota) in batch {
             let key = quota_key(&tenant, QuotaKind::RequestsPerMinute, minute);
             let life = Duration::from_millis(COUNTER_LIFE_MS);
-            let Some(total) = limiter.add_shared(&key, n, life).await else {
-                unsent.push((tenant, minute, n, limit, on_quota));
-                continue;
+            let total = match limiter.add_shared(&key, n, life).await {
+                Ok(total) => total,
+                Err(SharedAddError::NotSent) => {
+                    // Merged with what else waits for the same minute: one addition later.
+                    match unsent
+                        .iter_mut()
+                        .find(|u: &&mut RequestCount| u.0 == tenant && u.1 == minute)
+                    {
+                        Some(u) => u.2 += n,
+                        None => unsent.push((tenant, minute, n, limit, on_quota)),
+                    }
+                    continue;
+                }
+                // It may have been added: sending it again could count it twice.
+                Err(SharedAddError::Unknown) => continue,
             };
             for percent in crossed(total.saturating_sub(n), total, limit) {
                 self.emit(

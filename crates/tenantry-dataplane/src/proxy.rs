@@ -851,6 +851,13 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
         None if req.version() == Version::HTTP_11 => return Err(ErrorCode::BadRequest),
         _ => {}
     }
+    // The target's authority (absolute form, CONNECT, HTTP/2's `:authority`) is a host too,
+    // and replaces `Host` once checked: it must be as plain (no user info, a numeric port).
+    if let Some(a) = req.uri().authority()
+        && !valid_authority(a.as_str().as_bytes())
+    {
+        return Err(ErrorCode::BadRequest);
+    }
     if req.version() < Version::HTTP_2 {
         let uri = req.uri();
         let method = req.method();
@@ -859,10 +866,10 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
             (None, None) => uri.path() != "*" || method == Method::OPTIONS,
             // Authority form: CONNECT only (RFC 9112 §3.2.3).
             (None, Some(_)) => method == Method::CONNECT,
-            // Absolute form: an http(s) URI whose authority is a valid host (no user info).
+            // Absolute form: an http(s) URI (its authority is checked above).
             (Some(scheme), authority) => {
                 (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
-                    && authority.is_some_and(|a| valid_authority(a.as_str().as_bytes()))
+                    && authority.is_some()
             }
         };
         if !target_ok {

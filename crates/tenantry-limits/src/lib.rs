@@ -311,6 +311,19 @@ impl Default for RedisOptions {
     }
 }
 
+/// Why [`Limiter::add_shared`] did not add to the shared counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SharedAddError {
+    /// Redis was not asked (skipped after an error, not connected, connection refused): the
+    /// amount was added nowhere and may be added later.
+    #[error("redis was not reached; nothing was added")]
+    NotSent,
+    /// Redis was asked but did not confirm (a timeout, a dropped connection): the amount may
+    /// or may not have been added.
+    #[error("redis did not confirm the addition; it may have happened")]
+    Unknown,
+}
+
 /// Errors of this crate. Decisions and counters never fail (they fall back); only creating a
 /// Redis limiter can.
 #[derive(Debug, thiserror::Error)]
@@ -572,7 +585,7 @@ impl Limiter {
     /// expiry. On a Redis error the error is counted and the amount is added to the local
     /// counter instead, whose total is returned: this never fails.
     pub async fn add(&self, key: &str, amount: u64, ttl: Duration) -> u64 {
-        if let Some(total) = self.add_shared(key, amount, ttl).await {
+        if let Ok(total) = self.add_shared(key, amount, ttl).await {
             return total;
         }
         let inner = &*self.inner;
@@ -580,28 +593,43 @@ impl Limiter {
         inner.local.add(key, amount, ttl_ns, inner.clock.now_ns())
     }
 
-    /// [`Limiter::add`] on the counter every node shares, or nothing: `None` when the Redis
-    /// kind cannot reach Redis (the error is counted; nothing is added anywhere), so that the
-    /// caller can keep the amount and add it later instead of splitting a shared total into
-    /// per-node ones. The local kind always adds (its counter is the only one).
-    pub async fn add_shared(&self, key: &str, amount: u64, ttl: Duration) -> Option<u64> {
+    /// [`Limiter::add`] on the counter every node shares, or nothing in process: when the
+    /// Redis kind cannot confirm the addition (the error is counted), the caller learns
+    /// whether it surely did not happen ([`SharedAddError::NotSent`]: keep the amount and add
+    /// it later, instead of splitting a shared total into per-node ones) or may have
+    /// ([`SharedAddError::Unknown`], e.g. a timeout: adding it again could count it twice).
+    /// The command is never sent twice. The local kind always adds (its counter is the only
+    /// one).
+    ///
+    /// # Errors
+    /// Redis did not confirm the addition (see above).
+    pub async fn add_shared(
+        &self,
+        key: &str,
+        amount: u64,
+        ttl: Duration,
+    ) -> Result<u64, SharedAddError> {
         let inner = &*self.inner;
         let Some(backend) = inner.redis.as_ref() else {
             let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-            return Some(inner.local.add(key, amount, ttl_ns, inner.clock.now_ns()));
+            return Ok(inner.local.add(key, amount, ttl_ns, inner.clock.now_ns()));
         };
         let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
         let ttl_ms = u64::try_from(ttl.as_millis())
             .unwrap_or(u64::MAX)
             .clamp(1, i64::MAX as u64);
         let reply = backend
-            .call(&inner.clock, |mut conn| {
+            .call(&inner.clock, false, |mut conn| {
                 let mut inv = backend.counter.prepare_invoke();
                 inv.key(key).arg(amount_i).arg(ttl_ms);
                 async move { inv.invoke_async::<i64>(&mut conn).await }
             })
             .await;
-        reply.ok().map(|total| u64::try_from(total).unwrap_or(0))
+        match reply {
+            Ok(total) => Ok(u64::try_from(total).unwrap_or(0)),
+            Err(shared::CallError::NotSent) => Err(SharedAddError::NotSent),
+            Err(shared::CallError::MaybeRan) => Err(SharedAddError::Unknown),
+        }
     }
 
     /// Current value of counter `key` (0 if absent or expired). On a Redis error: the local
@@ -613,7 +641,7 @@ impl Limiter {
             cmd.arg(key);
             let cmd = &cmd;
             let reply = backend
-                .call(&inner.clock, |mut conn| async move {
+                .call(&inner.clock, true, |mut conn| async move {
                     cmd.query_async::<Option<i64>>(&mut conn).await
                 })
                 .await;

@@ -82,6 +82,16 @@ return v
 /// script handles (now ≈ 2^51 µs in this century, plus tat and T) stays below 2^53.
 pub(crate) const CAP_US: u64 = 1 << 49;
 
+/// Why [`RedisBackend::call`] gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// The command was not sent (the circuit skipped Redis, no connection, refused).
+    NotSent,
+    /// It failed after being sent (a timeout, a dropped connection, an error reply): it may
+    /// have run.
+    MaybeRan,
+}
+
 /// Circuit state: Redis is used.
 const CLOSED: u64 = 0;
 /// Circuit state: one caller is probing Redis; everyone else uses the fallback.
@@ -270,14 +280,21 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one Redis operation under the circuit and the timeout. `Err(())` means "use the
-    /// fallback" (the failure, if there was one, has been counted and logged).
+    /// Runs one Redis operation under the circuit and the timeout. An error means "use the
+    /// fallback" (the failure, if there was one, has been counted and logged), and says
+    /// whether the command may have run on Redis all the same.
     ///
     /// `op` may be called twice: once more when the first call failed because the connection
     /// was refused (the command never reached a server, e.g. the manager's previous reconnect
-    /// had failed and this call started a new one) or dropped (e.g. an idle connection across
-    /// a Redis restart).
-    pub(crate) async fn call<T, F, Fut>(&self, clock: &Clock, op: F) -> Result<T, ()>
+    /// had failed and this call started a new one), and, with `retry_dropped`, when it was
+    /// dropped (e.g. an idle connection across a Redis restart; a command that did run before
+    /// the drop then runs twice, so only operations that tolerate that ask for it).
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        clock: &Clock,
+        retry_dropped: bool,
+        op: F,
+    ) -> Result<T, CallError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -294,7 +311,7 @@ impl RedisBackend {
                     .compare_exchange(state, PROBING, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
             {
-                return Err(());
+                return Err(CallError::NotSent);
             }
             _probe = Some(ProbeGuard {
                 backend: self,
@@ -302,7 +319,9 @@ impl RedisBackend {
             });
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let result = match tokio::time::timeout(self.opts.timeout, self.attempt(&op)).await {
+        let sent = AtomicBool::new(false);
+        let attempt = self.attempt(&op, &sent, retry_dropped);
+        let result = match tokio::time::timeout(self.opts.timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(LimitsError::Timeout(self.opts.timeout)),
         };
@@ -313,7 +332,12 @@ impl RedisBackend {
             }
             Err(e) => {
                 self.record_failure(&e, clock.now_ns());
-                Err(())
+                let refused = matches!(&e, LimitsError::Redis(r) if r.is_connection_refusal());
+                Err(if sent.load(Ordering::Relaxed) && !refused {
+                    CallError::MaybeRan
+                } else {
+                    CallError::NotSent
+                })
             }
         }
     }
@@ -327,7 +351,7 @@ impl RedisBackend {
         decisions: &[(&str, Params)],
     ) -> Option<Vec<Outcome>> {
         let reply = self
-            .call(clock, |mut conn| {
+            .call(clock, true, |mut conn| {
                 let mut inv = self.gcra.prepare_invoke();
                 inv.arg("");
                 for (key, p) in decisions {
@@ -350,7 +374,14 @@ impl RedisBackend {
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, op: &F) -> Result<T, LimitsError>
+    /// Gets a connection and runs `op` on it (see [`RedisBackend::call`] for the second try);
+    /// `sent` turns true when `op` is first called.
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &F,
+        sent: &AtomicBool,
+        retry_dropped: bool,
+    ) -> Result<T, LimitsError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -362,12 +393,15 @@ impl RedisBackend {
                 None => self.wait_connected().await?,
             },
         };
+        sent.store(true, Ordering::Relaxed);
         match op(conn.clone()).await {
             // Refused: the command reached no server. Dropped: the connection died under it,
             // typically one left idle across a Redis restart, which never ran the command (were
-            // it to drop just after a server ran it, one decision would count twice). Either
-            // way the manager reconnects, and one more try beats a fallback window.
-            Err(e) if e.is_connection_refusal() || e.is_connection_dropped() => Ok(op(conn).await?),
+            // it to drop just after a server ran it, a decision would count twice). Either way
+            // the manager reconnects, and one more try beats a fallback window.
+            Err(e) if e.is_connection_refusal() || (retry_dropped && e.is_connection_dropped()) => {
+                Ok(op(conn).await?)
+            }
             r => Ok(r?),
         }
     }

@@ -10,7 +10,9 @@ use common::{
     RATE, RedisServer, burst_then_refill, cleanup, free_port, raw_conn, redis_or_skip,
     redis_server_or_skip, unique_prefix,
 };
-use tenantry_limits::{Decision, Limiter, OnBackendError, Rate, RedisOptions, Source};
+use tenantry_limits::{
+    Decision, Limiter, OnBackendError, Rate, RedisOptions, SharedAddError, Source,
+};
 
 fn opts(url: &str, on_error: OnBackendError) -> RedisOptions {
     RedisOptions {
@@ -382,7 +384,7 @@ async fn redis_restart_under_an_idle_connection_costs_no_decision() {
     let l = Limiter::redis(opts(&server.url(), OnBackendError::Deny)).unwrap();
     wait_up(&l, Duration::from_secs(3)).await;
     assert_eq!(l.check("k", RATE).await.source, Source::Shared);
-    assert_eq!(l.add_shared("q", 2, Duration::from_secs(60)).await, Some(2));
+    assert_eq!(l.add_shared("q", 2, Duration::from_secs(60)).await, Ok(2));
     // Restarted with no command in between: the connection is stale.
     server.kill();
     let mut server = RedisServer::start(port);
@@ -392,7 +394,14 @@ async fn redis_restart_under_an_idle_connection_costs_no_decision() {
     assert_eq!(l.backend_errors(), 0, "the stale connection cost an error");
     // Down: `add_shared` adds nothing anywhere.
     server.kill();
-    assert_eq!(l.add_shared("q", 5, Duration::from_secs(60)).await, None);
+    // The first try after the kill was sent (and failed), so it may have run; after that the
+    // skip window answers at once, without sending.
+    let first = l.add_shared("q", 5, Duration::from_secs(60)).await;
+    assert!(first.is_err(), "{first:?}");
+    assert_eq!(
+        l.add_shared("q", 5, Duration::from_secs(60)).await,
+        Err(SharedAddError::NotSent)
+    );
     assert_eq!(l.local_len(), 0, "nothing was added locally");
     assert!(l.backend_errors() > 0);
 }

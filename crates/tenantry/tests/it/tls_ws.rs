@@ -241,6 +241,27 @@ async fn http2_over_tls_via_alpn() {
     assert_eq!(echo["path"], "/x", "{echo}");
     assert_eq!(echo["x_forwarded_proto"], "https", "{echo}");
 
+    // An `:authority` that is no plain host (user info, a port that is not a number) is
+    // refused: it would become the `Host` the backend sees.
+    for target in [
+        "https://acme.localhost:1@evil.example/x",
+        "https://acme.localhost:x1/x",
+    ] {
+        let mut sender = send.clone();
+        within("HTTP/2 ready", sender.ready())
+            .await
+            .expect("HTTP/2 connection ready");
+        let req = Request::get(target)
+            .version(Version::HTTP_2)
+            .header("host", "acme.localhost")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = within("HTTP/2 response", sender.send_request(req))
+            .await
+            .expect("HTTP/2 response");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{target}");
+    }
+
     // 20 concurrent streams on the same connection.
     let mut streams = JoinSet::new();
     for i in 0..20 {
