@@ -808,29 +808,44 @@ pub async fn usage(limiter: &Limiter, quotas: &Quotas, tenant: &Tenant) -> Vec<Q
 mod tests {
     use super::*;
 
+    /// Quotas whose events land in the returned list.
+    fn recorded() -> (Quotas, Arc<Mutex<Vec<QuotaEvent>>>) {
+        let quotas = Quotas::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        quotas.set_sink(Arc::new(move |e: QuotaEvent| sink.lock().unwrap().push(e)));
+        (quotas, seen)
+    }
+
+    /// The events recorded so far, as `f` shows them (the list is emptied).
+    fn taken<T>(seen: &Mutex<Vec<QuotaEvent>>, f: impl Fn(&QuotaEvent) -> T) -> Vec<T> {
+        std::mem::take(&mut *seen.lock().unwrap())
+            .iter()
+            .map(f)
+            .collect()
+    }
+
+    /// An HTTP route's admission with only a bandwidth quota (or none) and `on_quota`.
+    fn quota_admission(bandwidth_bytes: Option<u64>, on_quota: OnQuota) -> Admission {
+        Admission {
+            rate: None,
+            kind: RouteKind::Http,
+            tokens_per_minute: None,
+            bandwidth_bytes,
+            on_quota,
+            policy: None,
+        }
+    }
+
     /// Bandwidth crosses 80% and then 100% of its billing period once each, at the flushes
     /// that cross them, and the check then reports the period spent.
     #[tokio::test]
     async fn bandwidth_notices_at_80_and_100_percent() {
         let limiter = Limiter::local();
         let metrics = crate::metrics::MetricsRegistry::new(4);
-        let quotas = Quotas::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&seen);
-        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
-            sink.lock()
-                .unwrap()
-                .push((e.quota, e.percent, e.used, e.limit));
-        }));
+        let (quotas, seen) = recorded();
         let tenant = TenantId::parse("bw-notices").unwrap();
-        let a = Admission {
-            rate: None,
-            kind: RouteKind::Http,
-            tokens_per_minute: None,
-            bandwidth_bytes: Some(1000),
-            on_quota: OnQuota::Block,
-            policy: None,
-        };
+        let a = quota_admission(Some(1000), OnQuota::Block);
         let bw = QuotaKind::BandwidthMonth;
         for (bytes, want) in [
             (700, vec![]),
@@ -843,7 +858,7 @@ mod tests {
             quotas.add_bandwidth(&tenant, None, &a, bytes);
             quotas.flush(&limiter, &metrics).await;
             assert_eq!(
-                std::mem::take(&mut *seen.lock().unwrap()),
+                taken(&seen, |e| (e.quota, e.percent, e.used, e.limit)),
                 want,
                 "after {bytes}"
             );
@@ -866,21 +881,9 @@ mod tests {
         .unwrap();
         let up = Limiter::local();
         let metrics = crate::metrics::MetricsRegistry::new(4);
-        let quotas = Quotas::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&seen);
-        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
-            sink.lock().unwrap().push((e.quota, e.percent, e.used));
-        }));
+        let (quotas, seen) = recorded();
         let tenant = TenantId::parse("waits-for-redis").unwrap();
-        let a = Admission {
-            rate: None,
-            kind: RouteKind::Http,
-            tokens_per_minute: None,
-            bandwidth_bytes: Some(1000),
-            on_quota: OnQuota::Notify,
-            policy: None,
-        };
+        let a = quota_admission(Some(1000), OnQuota::Notify);
         if minute_window(unix_ms()).1 - unix_ms() < 2_000 {
             tokio::time::sleep(Duration::from_millis(2_100)).await;
         }
@@ -899,7 +902,7 @@ mod tests {
         }
         quotas.count_request(&tenant, &a, 100);
         quotas.flush(&up, &metrics).await;
-        let mut got = std::mem::take(&mut *seen.lock().unwrap());
+        let mut got = taken(&seen, |e| (e.quota, e.percent, e.used));
         got.sort_by_key(|e| e.0.as_str());
         assert_eq!(
             got,
@@ -919,23 +922,9 @@ mod tests {
     async fn request_notices_at_80_and_100_percent_of_the_minute() {
         let limiter = Limiter::local();
         let metrics = crate::metrics::MetricsRegistry::new(4);
-        let quotas = Quotas::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&seen);
-        quotas.set_sink(Arc::new(move |e: QuotaEvent| {
-            sink.lock()
-                .unwrap()
-                .push((e.quota, e.percent, e.used, e.limit, e.window));
-        }));
+        let (quotas, seen) = recorded();
         let tenant = TenantId::parse("rpm-notices").unwrap();
-        let a = Admission {
-            rate: None,
-            kind: RouteKind::Http,
-            tokens_per_minute: None,
-            bandwidth_bytes: None,
-            on_quota: OnQuota::Notify,
-            policy: None,
-        };
+        let a = quota_admission(None, OnQuota::Notify);
         let rpm = QuotaKind::RequestsPerMinute;
         let minute = minute_window(unix_ms());
         // Stay inside one minute (the test takes milliseconds).
@@ -961,28 +950,21 @@ mod tests {
             }
             quotas.flush(&limiter, &metrics).await;
             assert_eq!(
-                std::mem::take(&mut *seen.lock().unwrap()),
+                taken(&seen, |e| (e.quota, e.percent, e.used, e.limit, e.window)),
                 want,
                 "after {requests} more"
             );
         }
         // 80% was crossed by the other node's addition, which reports it there; 86 → 100 is
         // this node's.
-        let fresh = Quotas::default();
-        let sink = Arc::clone(&seen);
-        fresh.set_sink(Arc::new(move |e: QuotaEvent| {
-            sink.lock()
-                .unwrap()
-                .push((e.quota, e.percent, e.used, e.limit, e.window));
-        }));
+        let (fresh, seen) = recorded();
         let other = TenantId::parse("rpm-notices-2").unwrap();
         for _ in 0..80 {
             fresh.count_request(&other, &a, 100);
         }
         fresh.flush(&limiter, &metrics).await;
-        let got = std::mem::take(&mut *seen.lock().unwrap());
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!((got[0].1, got[0].2), (80, 80));
+        let got = taken(&seen, |e| (e.percent, e.used));
+        assert_eq!(got, [(80, 80)]);
         // Counts of a minute that ended before the flush go to that minute's counter.
         {
             let mut r = fresh.requests.lock().unwrap();
