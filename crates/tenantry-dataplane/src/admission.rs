@@ -431,8 +431,6 @@ struct Requests {
     /// Start of the minute `pending` belongs to.
     minute: u64,
     pending: u64,
-    /// The previous minute's count when the minute turned before a flush took it.
-    late: Option<(u64, u64)>,
     limit: u64,
     on_quota: OnQuota,
 }
@@ -449,8 +447,9 @@ pub struct Quotas {
     /// Requests allowed under a plan's request rate, per tenant, not yet added to the shared
     /// counter of their minute.
     requests: Mutex<FastMap<TenantId, Requests>>,
-    /// Request counts whose addition failed (Redis unavailable), kept for the next flush while
-    /// their minute's counter lives.
+    /// Request counts of earlier minutes not added yet: a minute that turned before a flush
+    /// took its count, or an addition Redis was not reached for. The next flush adds them
+    /// while their minute's counter lives.
     requests_unsent: Mutex<Vec<RequestCount>>,
     sink: OnceLock<QuotaSink>,
 }
@@ -579,20 +578,19 @@ impl Quotas {
                     continue;
                 }
             };
-            for percent in crossed(total.saturating_sub(pending), total, limit) {
-                self.emit(
-                    metrics,
-                    QuotaEvent {
-                        tenant: tenant.clone(),
-                        quota: QuotaKind::BandwidthMonth,
-                        percent,
-                        used: total,
-                        limit,
-                        window,
-                        on_quota,
-                    },
-                );
-            }
+            self.report_crossed(
+                metrics,
+                pending,
+                QuotaEvent {
+                    tenant: tenant.clone(),
+                    quota: QuotaKind::BandwidthMonth,
+                    percent: 0,
+                    used: total,
+                    limit,
+                    window,
+                    on_quota,
+                },
+            );
             if let Some(b) = self.lock().get_mut(&tenant) {
                 b.used = total;
                 b.window = window;
@@ -619,17 +617,30 @@ impl Quotas {
         let window = minute_window(unix_ms());
         let key = quota_key(tenant, QuotaKind::TokensPerMinute, window.0);
         let total = limiter.add(&key, tokens, Duration::from_secs(120)).await;
-        for percent in crossed(total.saturating_sub(tokens), total, limit) {
+        self.report_crossed(
+            metrics,
+            tokens,
+            QuotaEvent {
+                tenant: tenant.clone(),
+                quota: QuotaKind::TokensPerMinute,
+                percent: 0,
+                used: total,
+                limit,
+                window,
+                on_quota: a.on_quota,
+            },
+        );
+    }
+
+    /// Reports each threshold (80, 100) that adding `added` crossed: `e`, whose `used` is the
+    /// total after the addition, with that `percent`.
+    fn report_crossed(&self, metrics: &crate::metrics::MetricsRegistry, added: u64, e: QuotaEvent) {
+        for percent in crossed(e.used.saturating_sub(added), e.used, e.limit) {
             self.emit(
                 metrics,
                 QuotaEvent {
-                    tenant: tenant.clone(),
-                    quota: QuotaKind::TokensPerMinute,
                     percent,
-                    used: total,
-                    limit,
-                    window,
-                    on_quota: a.on_quota,
+                    ..e.clone()
                 },
             );
         }
@@ -644,7 +655,11 @@ impl Quotas {
         if let Some(r) = map.get_mut(tenant) {
             if r.minute != minute {
                 if r.pending > 0 {
-                    r.late = Some((r.minute, r.pending));
+                    // The minute turned before a flush took its count.
+                    self.requests_unsent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((tenant.clone(), r.minute, r.pending, r.limit, r.on_quota));
                 }
                 r.minute = minute;
                 r.pending = 0;
@@ -659,7 +674,6 @@ impl Quotas {
             Requests {
                 minute,
                 pending: 1,
-                late: None,
                 limit,
                 on_quota: a.on_quota,
             },
@@ -684,11 +698,8 @@ impl Quotas {
             batch.retain(|c| c.1 + COUNTER_LIFE_MS > now);
             let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
             // Tenants without a request for two minutes are forgotten.
-            map.retain(|_, r| r.pending > 0 || r.late.is_some() || r.minute + 120_000 > now);
+            map.retain(|_, r| r.pending > 0 || r.minute + 120_000 > now);
             for (t, r) in map.iter_mut() {
-                if let Some((minute, n)) = r.late.take() {
-                    batch.push((t.clone(), minute, n, r.limit, r.on_quota));
-                }
                 if r.pending > 0 {
                     let n = std::mem::take(&mut r.pending);
                     batch.push((t.clone(), r.minute, n, r.limit, r.on_quota));
@@ -713,23 +724,25 @@ impl Quotas {
                     }
                     continue;
                 }
-                // It may have been added: sending it again could count it twice.
-                Err(SharedAddError::Unknown) => continue,
+                Err(SharedAddError::Unknown) => {
+                    // It may have been added: sending it again could count it twice.
+                    tracing::warn!(tenant = %tenant, requests = n, "request count unconfirmed by redis; not resent");
+                    continue;
+                }
             };
-            for percent in crossed(total.saturating_sub(n), total, limit) {
-                self.emit(
-                    metrics,
-                    QuotaEvent {
-                        tenant: tenant.clone(),
-                        quota: QuotaKind::RequestsPerMinute,
-                        percent,
-                        used: total,
-                        limit,
-                        window: (minute, minute + 60_000),
-                        on_quota,
-                    },
-                );
-            }
+            self.report_crossed(
+                metrics,
+                n,
+                QuotaEvent {
+                    tenant,
+                    quota: QuotaKind::RequestsPerMinute,
+                    percent: 0,
+                    used: total,
+                    limit,
+                    window: (minute, minute + 60_000),
+                    on_quota,
+                },
+            );
         }
         if !unsent.is_empty() {
             self.requests_unsent

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -160,10 +160,10 @@ impl Body for UpBody {
                             m.counted += d.len() as u64;
                         }
                         if st.inner.is_end_stream() {
-                            st.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                            st.ended.store(true, Ordering::Relaxed);
                         }
                     }
-                    Poll::Ready(None) => st.ended.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Poll::Ready(None) => st.ended.store(true, Ordering::Relaxed),
                     _ => {}
                 }
                 polled

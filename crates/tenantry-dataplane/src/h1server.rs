@@ -147,26 +147,16 @@ where
         } else {
             let len = head.content_length;
             reading_body.store(true, Ordering::Relaxed);
-            while buf.len() < len {
-                buf.reserve(len - buf.len());
-                match tokio::time::timeout(limits.body_timeout, io.read_buf(&mut buf)).await {
-                    Ok(Ok(0)) => {
-                        // The client left part way through its body: nothing to answer.
-                        reading_body.store(false, Ordering::Relaxed);
-                        return Ok(Served::Closed);
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        reading_body.store(false, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    Err(_) => {
-                        reading_body.store(false, Ordering::Relaxed);
-                        return refuse(io, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
-                    }
+            let read = read_body(&mut io, &mut buf, len, limits.body_timeout).await;
+            reading_body.store(false, Ordering::Relaxed);
+            match read? {
+                BodyRead::Complete => {}
+                // The client left part way through its body: nothing to answer.
+                BodyRead::Gone => return Ok(Served::Closed),
+                BodyRead::Stalled => {
+                    return refuse(io, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
                 }
             }
-            reading_body.store(false, Ordering::Relaxed);
             Some(buf.split_to(len).freeze())
         };
 
@@ -184,6 +174,38 @@ where
             return Ok(Served::Closed);
         }
     }
+}
+
+/// How reading a request body ended.
+enum BodyRead {
+    /// `buf` holds the whole body.
+    Complete,
+    /// The client closed its side first.
+    Gone,
+    /// No bytes came for the body timeout.
+    Stalled,
+}
+
+/// Reads until `buf` holds `len` bytes, each read waiting at most `gap`.
+async fn read_body<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    len: usize,
+    gap: Duration,
+) -> io::Result<BodyRead>
+where
+    I: AsyncRead + Unpin,
+{
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        match tokio::time::timeout(gap, io.read_buf(buf)).await {
+            Ok(Ok(0)) => return Ok(BodyRead::Gone),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(BodyRead::Stalled),
+        }
+    }
+    Ok(BodyRead::Complete)
 }
 
 /// Answers a request this server refuses before the proxy sees it (the route is not known
@@ -377,7 +399,7 @@ fn build(
 }
 
 /// Whether a comma-separated field value lists `token` (ASCII case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&c| c == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))

@@ -37,6 +37,7 @@ use crate::deadline::{self, Deadline};
 use crate::errors::ErrorCode;
 use crate::forward::Forwarding;
 use crate::gateway::Gateway;
+use crate::h1server::has_token;
 use crate::lb::select_backend;
 use crate::llm::{self, UsageScanner};
 use crate::metrics::{Refused, WafOutcome};
@@ -579,7 +580,6 @@ async fn admit(
     Ok(())
 }
 
-/// The declared `Content-Length`, if any.
 /// A request read by hyper's parser (HTTP/1.0, `Expect`, HTTP/2, …) with a `Content-Length`
 /// the own HTTP/1.1 server refuses with 413 gets the same answer.
 fn declared_body_fits(req: &Request<ReqBody>) -> Result<(), ErrorCode> {
@@ -591,6 +591,7 @@ fn declared_body_fits(req: &Request<ReqBody>) -> Result<(), ErrorCode> {
     Ok(())
 }
 
+/// The declared `Content-Length`, if any.
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -936,17 +937,16 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
         && req.headers().contains_key(header::UPGRADE)
         // h2c would turn the connection into an HTTP/2 tunnel past routing, the WAF and the
         // limits: it is not passed on (the request goes as a plain HTTP/1.1 request).
-        && !req.headers().get_all(header::UPGRADE).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
-        })
-        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+        && !req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"h2c"))
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.

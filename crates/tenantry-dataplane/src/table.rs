@@ -194,7 +194,7 @@ impl RouteRt {
     /// Start of the tenant's first billing period (unix ms, whole seconds), for monthly
     /// quotas.
     pub fn billing_anchor_ms(&self) -> Option<u64> {
-        (self.billing_anchor_s != 0).then(|| u64::from(self.billing_anchor_s) * 1000)
+        anchor_ms(self.billing_anchor_s)
     }
 
     /// Consecutive failures that eject a backend.
@@ -455,6 +455,10 @@ fn anchor_seconds(anchor_ms: Option<u64>) -> u32 {
 /// seconds, see [`Route::billing_anchor_ms`]). Whoever reads those counters must derive the
 /// period from this, not from the stored milliseconds, or it reads another period's key.
 pub fn counted_anchor_ms(anchor_ms: Option<u64>) -> Option<u64> {
-    let s = anchor_seconds(anchor_ms);
-    (s != 0).then(|| u64::from(s) * 1000)
+    self::anchor_ms(anchor_seconds(anchor_ms))
+}
+
+/// A billing anchor kept in whole seconds, in ms again (`None` for 0: none).
+fn anchor_ms(seconds: u32) -> Option<u64> {
+    (seconds != 0).then(|| u64::from(seconds) * 1000)
 }

@@ -499,16 +499,14 @@ impl Limiter {
         // A refusal the shared counter gave lasts until its retry time whatever any node does
         // meanwhile (see "Refusals are remembered" in the crate docs): no round trip for it.
         let asked = inner.clock.now_ns();
-        if let Some((retry, reset)) = inner.local.denied(key, p, asked) {
+        if let Some(o) = inner.local.denied(key, p, asked) {
             inner.cached_denials.fetch_add(1, Ordering::Relaxed);
-            return Decision {
-                allowed: false,
-                limit: rate.per_period,
-                remaining: 0,
-                retry_after: Duration::from_nanos(retry),
-                reset_after: Duration::from_nanos(reset),
-                source: Source::Shared,
-            };
+            return Decision::from_outcome(
+                o,
+                rate.per_period,
+                Duration::from_nanos,
+                Source::Shared,
+            );
         }
         let outcome = match batch::enqueue(self, backend, key, p) {
             Some(rx) => rx.await.ok().flatten(),

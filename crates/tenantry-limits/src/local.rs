@@ -208,15 +208,19 @@ impl LocalStore {
         }
     }
 
-    /// A refusal remembered for `key` with the same parameters that has not lapsed at `now`:
-    /// `(retry_after, reset_after)` in ns from `now`.
+    /// A refusal remembered for `key` with the same parameters that has not lapsed at `now`,
+    /// as the refusal it stands for (times in ns from `now`).
     #[inline]
-    pub(crate) fn denied(&self, key: &str, p: Params, now: u64) -> Option<(u64, u64)> {
+    pub(crate) fn denied(&self, key: &str, p: Params, now: u64) -> Option<Outcome> {
         let shard = self.denials.shard(key);
         match shard.map.get(key) {
-            Some(d) if d.p == p && d.until > now => {
-                Some((d.until - now, d.reset_at.saturating_sub(now)))
-            }
+            Some(d) if d.p == p && d.until > now => Some(Outcome {
+                allowed: false,
+                remaining: 0,
+                retry_after: d.until - now,
+                reset_after: d.reset_at.saturating_sub(now),
+                new_tat: 0,
+            }),
             _ => None,
         }
     }

@@ -161,7 +161,6 @@ impl<K: Hash + Eq + Clone, T> State<K, T> {
     /// Drops the items for which `dead` holds (a full queue's scan; keys left without items
     /// leave the ring).
     fn drop_dead(&mut self, dead: &impl Fn(&T) -> bool) {
-        let before = self.len;
         let mut removed = 0;
         self.queues.retain(|_, q| {
             let n = q.len();
@@ -170,7 +169,7 @@ impl<K: Hash + Eq + Clone, T> State<K, T> {
             !q.is_empty()
         });
         if removed > 0 {
-            self.len = before - removed;
+            self.len -= removed;
             let queues = &self.queues;
             self.ring.retain(|k| queues.contains_key(k));
         }

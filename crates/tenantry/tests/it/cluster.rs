@@ -713,14 +713,7 @@ async fn request_rate_notices_are_reported_once_across_nodes() {
     let bn = node(&yaml, &pg, REDIS).await;
     let api = platform_admin(a.admin.unwrap()).await;
     // Notices are per minute window: keep the test inside one.
-    let into = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 60_000;
-    if into > 45_000 {
-        tokio::time::sleep(Duration::from_millis(60_050 - u64::try_from(into).unwrap())).await;
-    }
+    avoid_minute_boundary().await;
     // 30 a minute, all of it as burst: one request refills every 2 s.
     let r = api
         .put(

@@ -376,16 +376,6 @@ fn unix_secs() -> u64 {
         .as_secs()
 }
 
-/// Token windows are unix minutes: late in a minute, wait for the next one so that a
-/// test's traffic and its checks fall into the same window.
-async fn avoid_minute_boundary() {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    if now.as_secs() % 60 > 45 {
-        let into = u64::try_from(now.as_millis() % 60_000).unwrap();
-        tokio::time::sleep(Duration::from_millis(60_000 - into + 50)).await;
-    }
-}
-
 /// Asserts a tokens-per-minute quota refusal body; `resets_at` is the end of the current
 /// minute.
 #[track_caller]

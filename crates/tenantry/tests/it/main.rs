@@ -84,3 +84,15 @@ pub fn tenant(
         list.join(", ")
     )
 }
+
+/// Quota windows are unix minutes: late in a minute, wait for the next one so that a test's
+/// traffic and its checks fall into the same window.
+pub async fn avoid_minute_boundary() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    if now.as_secs() % 60 > 45 {
+        let into = u64::try_from(now.as_millis() % 60_000).unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(60_000 - into + 50)).await;
+    }
+}
