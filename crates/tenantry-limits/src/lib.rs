@@ -510,10 +510,17 @@ impl Limiter {
         }
         let outcome = match batch::enqueue(self, backend, key, p) {
             Some(rx) => rx.await.ok().flatten(),
-            None => backend
-                .gcra(&inner.clock, &[(key, p)])
-                .await
-                .and_then(|o| o.into_iter().next()),
+            None => {
+                let ask = shared::RunAsk {
+                    key,
+                    params: p,
+                    n: 1,
+                };
+                backend
+                    .gcra(&inner.clock, &[ask])
+                    .await
+                    .and_then(|runs| runs.first().map(|run| run.outcome(0, p)))
+            }
         };
         match outcome {
             Some(o) => {

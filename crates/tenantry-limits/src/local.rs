@@ -107,6 +107,42 @@ pub(crate) fn gcra(stored: u64, now: u64, p: Params) -> Outcome {
     }
 }
 
+/// `n` GCRA steps for one key at one instant, as the Redis script reports them: the first
+/// `allowed` fit, and `d0 = max(stored, now) - now` before them (all in one unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) allowed: u64,
+    pub(crate) d0: u64,
+}
+
+impl Run {
+    /// The outcome of step `i` (from 0) of the run: what [`gcra`] gives for it, the steps
+    /// before it having been taken (`new_tat` is left 0; the caller does not store it).
+    pub(crate) fn outcome(self, i: u64, p: Params) -> Outcome {
+        if i < self.allowed {
+            let diff = self
+                .d0
+                .saturating_add(i.saturating_add(1).saturating_mul(p.t));
+            Outcome {
+                allowed: true,
+                remaining: p.tau.saturating_sub(diff) / p.t.max(1),
+                retry_after: 0,
+                reset_after: diff,
+                new_tat: 0,
+            }
+        } else {
+            let tat = self.d0.saturating_add(self.allowed.saturating_mul(p.t));
+            Outcome {
+                allowed: false,
+                remaining: 0,
+                retry_after: tat.saturating_add(p.t).saturating_sub(p.tau),
+                reset_after: tat,
+                new_tat: 0,
+            }
+        }
+    }
+}
+
 /// One shard: a map plus the size at which it is swept next.
 struct Shard<V> {
     map: HashMap<Box<str>, V, foldhash::fast::RandomState>,

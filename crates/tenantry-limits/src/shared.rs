@@ -9,24 +9,27 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
-use crate::local::{Clock, Outcome, Params};
+use crate::local::{Clock, Params, Run};
 use crate::{Inner, LimitsError, Rate, RedisOptions};
 
-/// GCRA decisions, in microseconds, with the server's clock: one or more in one call.
+/// GCRA decisions, in microseconds, with the server's clock: runs of decisions for one or more
+/// keys in one call.
 ///
 /// `KEYS[i]`: the keys. `ARGV[1]`: "now" in µs instead of `TIME` (used by the parity tests
-/// only), or empty. `ARGV[2i]`, `ARGV[2i+1]`: emission interval T and tolerance tau (µs) of
-/// `KEYS[i]`. Returns one string of four decimal numbers per key, all separated by spaces, in
-/// order: `allowed (0|1) remaining reset_after_us retry_after_us` (one string, because
-/// redis-rs's reply parser costs ~250 instructions per array element: parsed here, the
-/// numbers cost a tenth of that). The decisions are taken one after the other, so a key that
-/// appears twice sees its first decision. A rejected request writes nothing. A key lives
-/// exactly until its bucket is full again.
+/// only), or empty. `ARGV[3i-1]`, `ARGV[3i]`, `ARGV[3i+1]`: emission interval T and tolerance
+/// tau (µs) of `KEYS[i]`, and `n`, how many requests of that key (with those parameters) to
+/// decide, one after the other. They all happen at the same `now`, so the first `a` of them
+/// fit and the rest do not (a rejected request writes nothing), with
+/// `a = min(n, floor((tau - d0) / T))` where `d0 = max(tat, now) - now`: the script computes
+/// that once per key instead of once per request. The reply is one string of two decimal
+/// numbers per key, `a d0`, all separated by spaces, in order; [`Run::outcome`] expands them
+/// into each request's outcome (one string, because redis-rs's reply parser costs ~250
+/// instructions per array element). A key that appears again later in the same call sees the
+/// earlier runs. A key lives exactly until its bucket is full again.
 ///
-/// A key is read once and written once per call, however many of the call's decisions it
-/// takes (a batch under load is mostly one tenant's or route's key): the script keeps the
-/// key's arrival time in a table between decisions, which is what reading back its own
-/// write would give, since nothing else runs while a script does.
+/// A key is read once and written once per call, however many runs it has: the script keeps
+/// the key's arrival time in a table between runs, which is what reading back its own write
+/// would give, since nothing else runs while a script does.
 pub(crate) const GCRA_LUA: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local now
@@ -42,23 +45,22 @@ local ttl = {}
 local dirty = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local t = tonumber(ARGV[2 * i])
-  local tau = tonumber(ARGV[2 * i + 1])
+  local t = tonumber(ARGV[3 * i - 1])
+  local tau = tonumber(ARGV[3 * i])
+  local n = tonumber(ARGV[3 * i + 1])
   local tat = cur[key]
   if tat == nil then tat = tonumber(redis.call('GET', key)) or now end
   if tat < now then tat = now end
-  local new_tat = tat + t
-  local diff = new_tat - now
-  local n = #out
-  if diff <= tau then
+  local d0 = tat - now
+  local a = 0
+  if d0 < tau then a = math.min(n, math.floor((tau - d0) / t)) end
+  if a > 0 then
     if ttl[key] == nil then dirty[#dirty + 1] = key end
-    cur[key] = new_tat
-    ttl[key] = diff
-    out[n + 1] = string.format('1 %d %d 0', math.floor((tau - diff) / t), diff)
-  else
-    cur[key] = tat
-    out[n + 1] = string.format('0 0 %d %d', tat - now, new_tat - tau - now)
+    tat = tat + a * t
+    ttl[key] = tat - now
   end
+  cur[key] = tat
+  out[i] = string.format('%d %d', a, d0)
 end
 for _, key in ipairs(dirty) do
   redis.call('SET', key, string.format('%d', cur[key]),
@@ -104,47 +106,40 @@ pub(crate) fn params_us(rate: Rate) -> Option<Params> {
     Params::of(rate, 1000, CAP_US)
 }
 
-/// The script's reply as [`Outcome`]s (µs; `new_tat` is not returned and left 0): four
-/// numbers per decision. `None` when it is not such a list (a negative number, which the
-/// script never makes, reads as 0).
-pub(crate) fn outcomes_from_reply(reply: &[u8]) -> Option<Vec<Outcome>> {
-    // One pass: numbers gathered four at a time.
-    let mut out = Vec::with_capacity(reply.len() / 8 + 1);
-    let mut four = [0u64; 4];
-    let mut filled = 0;
-    let mut i = 0;
-    while i < reply.len() {
-        if reply[i] == b' ' {
-            i += 1;
-            continue;
-        }
-        let negative = reply[i] == b'-';
-        if negative {
-            i += 1;
-        }
-        let start = i;
-        let mut n = 0u64;
-        while i < reply.len() && reply[i].is_ascii_digit() {
-            n = n.checked_mul(10)?.checked_add(u64::from(reply[i] - b'0'))?;
-            i += 1;
-        }
-        if i == start || (i < reply.len() && reply[i] != b' ') {
+/// One run asked of the GCRA script: `n` requests of `key` with `params`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunAsk<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) params: Params,
+    pub(crate) n: u64,
+}
+
+/// The script's reply as [`Run`]s, checked against the runs asked for: two numbers per run,
+/// no more requests allowed than asked, and none allowed beyond the tolerance. `None` when it
+/// is not such a list.
+pub(crate) fn runs_from_reply(reply: &[u8], asked: &[RunAsk<'_>]) -> Option<Vec<Run>> {
+    let mut out = Vec::with_capacity(asked.len());
+    let mut numbers = reply
+        .split(|b| *b == b' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if !s.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            s.iter().try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+        });
+    for ask in asked {
+        let allowed = numbers.next()??;
+        let d0 = numbers.next()??;
+        let used = allowed.checked_mul(ask.params.t)?.checked_add(d0)?;
+        if allowed > ask.n || (allowed > 0 && used > ask.params.tau) {
             return None;
         }
-        four[filled] = if negative { 0 } else { n };
-        filled += 1;
-        if filled == 4 {
-            out.push(Outcome {
-                allowed: four[0] == 1,
-                remaining: four[1],
-                reset_after: four[2],
-                retry_after: four[3],
-                new_tat: 0,
-            });
-            filled = 0;
-        }
+        out.push(Run { allowed, d0 });
     }
-    (filled == 0).then_some(out)
+    numbers.next().is_none().then_some(out)
 }
 
 thread_local! {
@@ -342,36 +337,29 @@ impl RedisBackend {
         }
     }
 
-    /// One call of the GCRA script for `decisions` (key and parameters each, decided in
-    /// order): their outcomes, or `None` to fall back (the failure has been counted and
-    /// logged by [`RedisBackend::call`]).
-    pub(crate) async fn gcra(
-        &self,
-        clock: &Clock,
-        decisions: &[(&str, Params)],
-    ) -> Option<Vec<Outcome>> {
+    /// One call of the GCRA script for `runs` (each decided in order): their [`Run`]s, or
+    /// `None` to fall back (the failure has been counted and logged by [`RedisBackend::call`]).
+    pub(crate) async fn gcra(&self, clock: &Clock, runs: &[RunAsk<'_>]) -> Option<Vec<Run>> {
         let reply = self
             .call(clock, true, |mut conn| {
                 let mut inv = self.gcra.prepare_invoke();
                 inv.arg("");
-                for (key, p) in decisions {
-                    inv.key(*key).arg(p.t).arg(p.tau);
+                for r in runs {
+                    inv.key(r.key).arg(r.params.t).arg(r.params.tau).arg(r.n);
                 }
                 async move { inv.invoke_async::<Vec<u8>>(&mut conn).await }
             })
             .await
             .ok()?;
-        match outcomes_from_reply(&reply) {
-            Some(o) if o.len() == decisions.len() => Some(o),
-            _ => {
-                tracing::warn!(
-                    decisions = decisions.len(),
-                    reply_bytes = reply.len(),
-                    "rate limit script returned a reply of the wrong shape; falling back"
-                );
-                None
-            }
+        let got = runs_from_reply(&reply, runs);
+        if got.is_none() {
+            tracing::warn!(
+                runs = runs.len(),
+                reply_bytes = reply.len(),
+                "rate limit script returned a reply of the wrong shape; falling back"
+            );
         }
+        got
     }
 
     /// Gets a connection and runs `op` on it (see [`RedisBackend::call`] for the second try);

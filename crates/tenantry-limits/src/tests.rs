@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::Rate;
-use crate::local::{Outcome, gcra};
-use crate::shared::{COUNTER_LUA, GCRA_LUA, outcomes_from_reply, params_us};
+use crate::local::{Outcome, Params, Run, gcra};
+use crate::shared::{COUNTER_LUA, GCRA_LUA, RunAsk, params_us, runs_from_reply};
 
 const URL: &str = "redis://127.0.0.1:6379";
 
@@ -76,6 +76,7 @@ async fn lua_matches_rust_gcra() {
     ];
     let mut keys = Vec::new();
     let mut mismatches = Vec::new();
+    let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
     for (i, rate) in rates.iter().enumerate() {
         let key = format!("{p}{i}");
         keys.push(key.clone());
@@ -83,7 +84,8 @@ async fn lua_matches_rust_gcra() {
         let mut stored = 0u64;
         for (j, off) in steps.iter().enumerate() {
             let now = base + off;
-            let want: Outcome = gcra(stored, now, params);
+            // Runs of 1 to 4 requests at one instant.
+            let n = (j % 4) as u64 + 1;
             // The script's PX is relative to the server's real clock while `now` here is fake:
             // a short-lived key can expire between two steps when the machine is slow. Give
             // the script exactly the state the Rust side has.
@@ -102,20 +104,29 @@ async fn lua_matches_rust_gcra() {
                 .arg(now)
                 .arg(params.t)
                 .arg(params.tau)
+                .arg(n)
                 .invoke_async(&mut conn)
                 .await
                 .unwrap();
-            let got = outcomes_from_reply(&reply).unwrap()[0];
-            let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
-            if fields(&got) != fields(&want) {
-                mismatches.push(format!(
-                    "rate {rate:?} step {j} (+{off} us): lua {:?} rust {:?}",
-                    fields(&got),
-                    fields(&want)
-                ));
-            }
-            if want.allowed {
-                stored = want.new_tat;
+            let ask = RunAsk {
+                key: &key,
+                params,
+                n,
+            };
+            let run = runs_from_reply(&reply, &[ask]).unwrap()[0];
+            for i in 0..n {
+                let want: Outcome = gcra(stored, now, params);
+                let got = run.outcome(i, params);
+                if fields(&got) != fields(&want) {
+                    mismatches.push(format!(
+                        "rate {rate:?} step {j} (+{off} us) request {i} of {n}: lua {:?} rust {:?}",
+                        fields(&got),
+                        fields(&want)
+                    ));
+                }
+                if want.allowed {
+                    stored = want.new_tat;
+                }
             }
             let tat: Option<u64> = redis::cmd("GET")
                 .arg(&key)
@@ -166,35 +177,62 @@ async fn lua_batch_with_repeated_keys_matches_sequential_gcra() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let order = [&a, &a, &b, &a, &b, &a, &b, &a];
+    // Runs (key, how many), a's and b's interleaved.
+    let order = [
+        (&a, 2),
+        (&b, 1),
+        (&a, 1),
+        (&b, 3),
+        (&a, 3),
+        (&a, 1),
+        (&b, 1),
+    ];
+    let params_of = |k: &String| if *k == a { pa } else { pb };
     let gcra_script = redis::Script::new(GCRA_LUA);
     let mut script = gcra_script.prepare_invoke();
     script.arg(now);
-    for k in order {
-        let params = if *k == a { pa } else { pb };
-        script.key(k).arg(params.t).arg(params.tau);
+    let asks: Vec<RunAsk<'_>> = order
+        .iter()
+        .map(|(k, n)| RunAsk {
+            key: k,
+            params: params_of(k),
+            n: *n,
+        })
+        .collect();
+    for ask in &asks {
+        script
+            .key(ask.key)
+            .arg(ask.params.t)
+            .arg(ask.params.tau)
+            .arg(ask.n);
     }
     let reply: Vec<u8> = script.invoke_async(&mut conn).await.unwrap();
-    let reply = outcomes_from_reply(&reply).unwrap();
-    assert_eq!(reply.len(), order.len());
+    let runs = runs_from_reply(&reply, &asks).unwrap();
+    assert_eq!(runs.len(), order.len());
     let mut stored = std::collections::HashMap::from([(a.clone(), now + 150_000), (b.clone(), 0)]);
     let mut mismatches = Vec::new();
-    for (i, k) in order.iter().enumerate() {
-        let params = if **k == a { pa } else { pb };
-        let want = gcra(stored[*k], now, params);
-        let got = reply[i];
-        let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
-        if fields(&got) != fields(&want) {
-            mismatches.push(format!(
-                "decision {i} ({k}): lua {:?} rust {:?}",
-                fields(&got),
-                fields(&want)
-            ));
-        }
-        if want.allowed {
-            stored.insert((*k).clone(), want.new_tat);
+    let mut allowed = 0;
+    for ((k, n), run) in order.iter().zip(&runs) {
+        let params = params_of(k);
+        for i in 0..*n {
+            let want = gcra(stored[*k], now, params);
+            let got = run.outcome(i, params);
+            let fields = |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
+            if fields(&got) != fields(&want) {
+                mismatches.push(format!(
+                    "{k} request {i} of {n}: lua {:?} rust {:?}",
+                    fields(&got),
+                    fields(&want)
+                ));
+            }
+            if want.allowed {
+                allowed += 1;
+                stored.insert((*k).clone(), want.new_tat);
+            }
         }
     }
+    // Both outcomes happen: a's bucket (3 left) and b's (2) are overdrawn.
+    assert!(allowed > 0 && allowed < 12, "{allowed} of 12 allowed");
     for k in [&a, &b] {
         let tat: Option<u64> = redis::cmd("GET")
             .arg(k)
@@ -282,35 +320,102 @@ fn params_in_microseconds() {
 }
 
 #[test]
-fn script_replies_are_read_in_fours() {
-    let o = outcomes_from_reply(b"1 4 100000 0 0 0 500000 99999").unwrap();
-    assert_eq!(o.len(), 2);
-    assert!(o[0].allowed && !o[1].allowed);
+fn script_replies_are_read_in_pairs_and_checked() {
+    let p = Params {
+        t: 100_000,
+        tau: 500_000,
+    };
+    let ask = |n| RunAsk {
+        key: "k",
+        params: p,
+        n,
+    };
+    let runs = runs_from_reply(b"3 100000 0 500000", &[ask(4), ask(2)]).unwrap();
     assert_eq!(
-        (o[0].remaining, o[0].reset_after, o[0].retry_after),
-        (4, 100_000, 0)
+        runs,
+        [
+            Run {
+                allowed: 3,
+                d0: 100_000
+            },
+            Run {
+                allowed: 0,
+                d0: 500_000
+            }
+        ]
     );
-    assert_eq!(
-        (o[1].remaining, o[1].reset_after, o[1].retry_after),
-        (0, 500_000, 99_999)
-    );
-    // The largest values the script can make (below 2^53), and a negative one read as 0.
-    let o = outcomes_from_reply(b"1 9007199254740991 562949953421312 -5").unwrap();
-    assert_eq!(o[0].remaining, 9_007_199_254_740_991);
-    assert_eq!(o[0].retry_after, 0);
-    assert_eq!(outcomes_from_reply(b"").unwrap().len(), 0);
-    for bad in [
-        &b"1 2 3"[..],
-        b"1 2 3 4 5",
-        b"1 2 x 4",
-        b"1 2 3.5 4",
-        b"1 2 3 -",
-        b"1 2 3 99999999999999999999",
+    assert_eq!(runs_from_reply(b"", &[]).unwrap().len(), 0);
+    for (bad, n) in [
+        // too few or too many numbers, not numbers
+        (&b"1"[..], 1),
+        (b"1 0 2", 1),
+        (b"1 x", 1),
+        (b"1 0.5", 1),
+        (b"1 -5", 1),
+        (b"1 99999999999999999999", 1),
+        // more allowed than asked, or allowed beyond the tolerance
+        (b"3 0", 2),
+        (b"1 400001", 1),
     ] {
         assert!(
-            outcomes_from_reply(bad).is_none(),
+            runs_from_reply(bad, &[ask(n)]).is_none(),
             "{}",
             String::from_utf8_lossy(bad)
         );
+    }
+}
+
+/// A run's outcomes are those of its requests decided one after the other at one instant,
+/// whatever the bucket's state, for rates of every shape (checked without Redis: the run's two
+/// numbers are taken from the sequential decisions).
+#[test]
+fn run_outcomes_match_sequential_gcra() {
+    let now = 1_700_000_000_000_000u64;
+    let rates = [
+        Rate::per_second(10, 5),
+        Rate::per_minute(60, 50),
+        Rate::per_second(7, 3),
+        Rate::per_second(1000, 0),
+        Rate::new(3, Duration::from_millis(10), 2),
+        Rate::new(1, Duration::from_secs(3600), 1),
+    ];
+    for rate in rates {
+        let p = params_us(rate).unwrap();
+        for ahead in [
+            0,
+            1,
+            p.t / 2,
+            p.t,
+            p.tau.saturating_sub(1),
+            p.tau,
+            p.tau + p.t,
+        ] {
+            for stored in [0, now.saturating_sub(p.t), now + ahead] {
+                let n = 60;
+                let d0 = stored.max(now) - now;
+                let mut s = stored;
+                let mut want = Vec::new();
+                for _ in 0..n {
+                    let o = gcra(s, now, p);
+                    if o.allowed {
+                        s = o.new_tat;
+                    }
+                    want.push(o);
+                }
+                let allowed = want.iter().filter(|o| o.allowed).count() as u64;
+                assert!(want.iter().take(allowed as usize).all(|o| o.allowed));
+                let run = Run { allowed, d0 };
+                for (i, w) in (0u64..).zip(&want) {
+                    let got = run.outcome(i, p);
+                    let fields =
+                        |o: &Outcome| (o.allowed, o.remaining, o.reset_after, o.retry_after);
+                    assert_eq!(
+                        fields(&got),
+                        fields(w),
+                        "{rate:?} stored {stored} request {i}"
+                    );
+                }
+            }
+        }
     }
 }
