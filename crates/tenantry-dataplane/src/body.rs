@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
+use crate::admission::RateFields;
 use crate::gateway::Gateway;
 use crate::h1::{H1Body, RawHead};
 use crate::llm::UsageScanner;
@@ -239,6 +240,9 @@ pub struct Tap {
     pub(crate) request_bytes: u64,
     /// On LLM routes: finds the response's token usage as it streams.
     pub(crate) usage: Option<Box<UsageScanner>>,
+    /// The rate-limit fields of the response, for the head's writer to add (they are not in
+    /// the response's map: see [`RespBody::rate_fields`]).
+    pub(crate) rate: Option<RateFields>,
 }
 
 impl Tap {
@@ -378,6 +382,23 @@ impl RespBody {
     pub fn merge_raw_head(&mut self, headers: &mut http::HeaderMap) {
         if let Inner::Inline(b) = &mut self.inner {
             b.merge_raw_head(headers);
+        }
+    }
+
+    /// The rate-limit fields the gateway adds to this proxied response. They are not in its
+    /// map: a head's writer adds them after the map's fields, in place of any upstream field
+    /// they [replace](RateFields::replaces).
+    pub fn rate_fields(&self) -> Option<&RateFields> {
+        self.tap.as_ref()?.rate.as_ref()
+    }
+
+    /// Everything the head's writer would add, moved into `headers`: the upstream's raw
+    /// fields ([`RespBody::merge_raw_head`]), then the rate-limit fields (for hyper's server,
+    /// which writes one map).
+    pub fn merge_into_map(&mut self, headers: &mut http::HeaderMap) {
+        self.merge_raw_head(headers);
+        if let Some(rate) = self.tap.as_mut().and_then(|t| t.rate.take()) {
+            rate.insert_into(headers);
         }
     }
 

@@ -433,10 +433,12 @@ where
     // The upstream's fields as it sent them (inline client), under the gateway's own in
     // `headers`, which replace those of the same name.
     let raw = body.raw_head();
+    let rate = body.rate_fields().copied();
     let own = |name: &[u8]| {
         headers
             .keys()
             .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+            || rate.is_some_and(|r| r.replaces(name))
     };
     if headers
         .get(header::CONNECTION)
@@ -492,6 +494,9 @@ where
         has_date |= name == header::DATE;
         has_connection |= name == header::CONNECTION;
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(rate) = rate {
+        rate.write_h1(out);
     }
     if let Some(n) = length_field {
         field(

@@ -176,6 +176,7 @@ pub async fn handle(
         complete: false,
         request_bytes: 0,
         usage: None,
+        rate: None,
     };
 
     // Phase 1: request filter.
@@ -524,9 +525,8 @@ pub async fn handle(
     }
     rparts.version = original_version;
     rparts.headers.insert(X_REQUEST_ID.clone(), request_id);
-    if let Some((d, r)) = &rate {
-        admission::rate_headers(d, r, &mut rparts.headers);
-    }
+    // The rate-limit fields ride with the body to the head's writer (see `RateFields`).
+    tap.rate = rate.as_ref().map(|(d, r)| admission::RateFields::of(d, r));
     if let Some(estimate) = prompt_estimate
         && status.is_success()
     {

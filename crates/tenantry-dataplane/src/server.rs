@@ -475,9 +475,10 @@ where
             let conn = Arc::clone(&conn);
             async move {
                 let resp = proxy::handle(gw, conn, req.map(ReqBody::Hyper)).await;
-                // hyper writes one map: the upstream's raw fields join the gateway's.
+                // hyper writes one map: the upstream's raw fields and the rate-limit fields
+                // join the gateway's.
                 let (mut parts, mut body) = resp.into_parts();
-                body.merge_raw_head(&mut parts.headers);
+                body.merge_into_map(&mut parts.headers);
                 Ok::<_, Infallible>(Response::from_parts(parts, body))
             }
         });

@@ -248,6 +248,11 @@ async fn framing_origin() -> (
                             false,
                         ),
                         "/close" => (b"HTTP/1.1 200 OK\r\n\r\nto the end", true),
+                        // An origin with rate-limit fields of its own.
+                        "/ratelimited" => (
+                            b"HTTP/1.1 200 OK\r\nRateLimit-Limit: 5\r\nratelimit-policy: 5;w=1\r\nRetry-After: 30\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+                            false,
+                        ),
                         "/continue" => (
                             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                             false,
@@ -264,6 +269,47 @@ async fn framing_origin() -> (
         }
     });
     (addr, accepted)
+}
+
+/// A rate-limited route's `RateLimit-*` fields replace the upstream's of the same names, once
+/// each, whichever server writes the response head: the own HTTP/1.1 server, or hyper's (an
+/// HTTP/1.0 request). An allowed response keeps the upstream's `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_fields_replace_the_upstreams_on_every_writer() {
+    let (origin, _) = framing_origin().await;
+    let yaml = config(&format!(
+        "  - id: acme\n    plan: enterprise\n    waf: {{ level: \"off\" }}\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 600, burst: 50 }}, backends: [ {{ address: {origin} }} ] }}\n"
+    ));
+    let t = Tenantry::start(bin(), &yaml).await;
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let req = format!(
+            "GET /ratelimited {version}\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n"
+        );
+        let got = raw_request(t.http, req.as_bytes(), std::time::Duration::from_secs(5)).await;
+        let lower = got.to_ascii_lowercase();
+        assert!(
+            lower.starts_with("http/1.1 200") || lower.starts_with("http/1.0 200"),
+            "{version}: {got}"
+        );
+        let values = |name: &str| -> Vec<String> {
+            lower
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(|v| v.trim().to_owned())
+                .collect()
+        };
+        assert_eq!(values("ratelimit-limit"), ["600"], "{version}: {got}");
+        assert_eq!(
+            values("ratelimit-policy"),
+            ["600;w=60;burst=50"],
+            "{version}: {got}"
+        );
+        assert_eq!(values("ratelimit-remaining").len(), 1, "{version}: {got}");
+        assert_eq!(values("ratelimit-reset").len(), 1, "{version}: {got}");
+        assert_eq!(values("retry-after"), ["30"], "{version}: {got}");
+        assert_eq!(values("x-kept"), ["1"], "{version}: {got}");
+        assert!(got.ends_with("\r\n\r\nok"), "{version}: {got}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
