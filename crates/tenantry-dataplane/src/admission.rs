@@ -487,13 +487,25 @@ pub fn crossed(before: u64, after: u64, limit: u64) -> impl Iterator<Item = u8> 
 
 #[derive(Debug)]
 struct Bandwidth {
+    /// Bytes counted on this node, not yet added to the shared counter.
     pending: u64,
+    /// The billing period `pending` belongs to: the one in which the bytes were counted.
+    pending_window: (u64, u64),
+    /// The shared total of `window`, as of the last flush that added to it.
     used: u64,
     limit: u64,
     window: (u64, u64),
     anchor: Option<u64>,
     on_quota: OnQuota,
 }
+
+/// Bytes of one tenant and billing period to add to the shared counter: tenant, period, bytes,
+/// the plan's limit, its `on_quota`.
+type BandwidthCount = (TenantId, (u64, u64), u64, u64, OnQuota);
+
+/// How long a billing period's bandwidth counter lives after the period's end (kept for the
+/// record; bytes of that period can be added until then).
+const BANDWIDTH_KEPT_MS: u64 = 7 * 86_400_000;
 
 /// A tenant's requests counted against its plan's `requests_per_minute`, waiting for the next
 /// flush.
@@ -522,6 +534,10 @@ pub struct Quotas {
     /// took its count, or an addition Redis was not reached for. The next flush adds them
     /// while their minute's counter lives.
     requests_unsent: Mutex<Vec<RequestCount>>,
+    /// Bandwidth of earlier billing periods not added yet: bytes counted before a period
+    /// turned and not flushed by then, or an addition Redis was not reached for. Each goes to
+    /// its own period's counter, not to the period current when it is flushed.
+    bandwidth_unsent: Mutex<Vec<BandwidthCount>>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -577,7 +593,9 @@ impl Quotas {
         (window.0 <= now && now < window.1).then_some((window, now))
     }
 
-    /// Adds a finished request's bytes to its tenant's pending bandwidth.
+    /// Adds a finished request's bytes to its tenant's pending bandwidth, in the billing period
+    /// of now (bytes still pending from a period that has ended are set aside for that
+    /// period's counter).
     pub fn add_bandwidth(&self, tenant: &TenantId, anchor: Option<u64>, a: &Admission, bytes: u64) {
         let Some(limit) = a.bandwidth_bytes else {
             return;
@@ -585,22 +603,42 @@ impl Quotas {
         if bytes == 0 {
             return;
         }
+        let now = unix_ms();
         let mut map = self.lock();
         match map.get_mut(tenant) {
             Some(b) => {
+                let (start, end) = b.pending_window;
+                if !(start <= now && now < end) || b.anchor != anchor {
+                    if b.pending > 0 {
+                        let earlier = (
+                            tenant.clone(),
+                            b.pending_window,
+                            std::mem::take(&mut b.pending),
+                            b.limit,
+                            b.on_quota,
+                        );
+                        self.bandwidth_unsent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(earlier);
+                    }
+                    b.pending_window = billing_period(anchor, now);
+                }
                 b.pending += bytes;
                 b.limit = limit;
                 b.anchor = anchor;
                 b.on_quota = a.on_quota;
             }
             None => {
+                let window = billing_period(anchor, now);
                 map.insert(
                     tenant.clone(),
                     Bandwidth {
                         pending: bytes,
+                        pending_window: window,
                         used: 0,
                         limit,
-                        window: billing_period(anchor, unix_ms()),
+                        window,
                         anchor,
                         on_quota: a.on_quota,
                     },
@@ -610,36 +648,53 @@ impl Quotas {
     }
 
     /// Pushes pending bandwidth and request counts to the counters (one addition per tenant
-    /// with traffic) and refreshes this node's view of the bandwidth totals. Runs every second.
+    /// and period with traffic) and refreshes this node's view of the bandwidth totals. Runs
+    /// every second.
     pub async fn flush(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
         self.flush_requests(limiter, metrics).await;
         let now = unix_ms();
-        type Pending = (TenantId, u64, (u64, u64), u64, OnQuota);
-        let batch: Vec<Pending> = {
+        let batch: Vec<BandwidthCount> = {
+            let mut batch = std::mem::take(
+                &mut *self
+                    .bandwidth_unsent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            batch.retain(|c| {
+                let live = c.1.1 + BANDWIDTH_KEPT_MS > now;
+                if !live {
+                    tracing::warn!(tenant = %c.0, bytes = c.2, period_start = c.1.0, "bandwidth of a period whose counter has expired dropped");
+                }
+                live
+            });
             let mut map = self.lock();
             // Tenants idle for a whole period are forgotten.
             map.retain(|_, b| b.pending > 0 || b.window.1 > now);
-            map.iter_mut()
-                .filter(|(_, b)| b.pending > 0)
-                .map(|(t, b)| {
-                    let window = billing_period(b.anchor, now);
-                    let pending = std::mem::take(&mut b.pending);
-                    (t.clone(), pending, window, b.limit, b.on_quota)
-                })
-                .collect()
+            for (t, b) in map.iter_mut() {
+                if b.pending > 0 {
+                    let n = std::mem::take(&mut b.pending);
+                    batch.push((t.clone(), b.pending_window, n, b.limit, b.on_quota));
+                }
+            }
+            batch
         };
-        for (tenant, pending, window, limit, on_quota) in batch {
+        let mut unsent: Vec<BandwidthCount> = Vec::new();
+        for (tenant, window, pending, limit, on_quota) in batch {
             let key = quota_key(&tenant, QuotaKind::BandwidthMonth, window.0);
             // Kept a week past the period's end, for the record.
-            let ttl = Duration::from_millis(window.1.saturating_sub(now) + 7 * 86_400_000);
+            let ttl = Duration::from_millis(window.1.saturating_sub(now) + BANDWIDTH_KEPT_MS);
             let total = match limiter.add_shared(&key, pending, ttl).await {
                 Ok(total) => total,
                 Err(SharedAddError::NotSent) => {
                     // Redis is unavailable: the bytes wait for the next flush rather than
                     // start a per-node total that the shared one would never see (billing
-                    // would lose them).
-                    if let Some(b) = self.lock().get_mut(&tenant) {
-                        b.pending += pending;
+                    // would lose them); merged with what else waits for the same period.
+                    match unsent
+                        .iter_mut()
+                        .find(|u: &&mut BandwidthCount| u.0 == tenant && u.1 == window)
+                    {
+                        Some(u) => u.2 += pending,
+                        None => unsent.push((tenant, window, pending, limit, on_quota)),
                     }
                     continue;
                 }
@@ -662,10 +717,20 @@ impl Quotas {
                     on_quota,
                 },
             );
-            if let Some(b) = self.lock().get_mut(&tenant) {
+            // The node's view follows the latest period (a late addition to an ended one
+            // does not take it back).
+            if let Some(b) = self.lock().get_mut(&tenant)
+                && window.0 >= b.window.0
+            {
                 b.used = total;
                 b.window = window;
             }
+        }
+        if !unsent.is_empty() {
+            self.bandwidth_unsent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(unsent);
         }
     }
 
@@ -823,9 +888,14 @@ impl Quotas {
         }
     }
 
-    /// Bytes counted on this node for the tenant but not yet flushed to the counters.
+    /// Bytes counted on this node for the tenant in the current billing period but not yet
+    /// flushed to the counters.
     pub fn pending_bandwidth(&self, tenant: &TenantId) -> u64 {
-        self.lock().get(tenant).map_or(0, |b| b.pending)
+        let now = unix_ms();
+        self.lock()
+            .get(tenant)
+            .filter(|b| b.pending_window.0 <= now && now < b.pending_window.1)
+            .map_or(0, |b| b.pending)
     }
 
     /// Tokens the tenant used in the current minute, and the minute.
@@ -950,6 +1020,53 @@ mod tests {
         let (window, now) = quotas.bandwidth_spent(&tenant, &a).expect("spent");
         assert!(window.0 <= now && now < window.1);
         assert!(quota_reached(a.on_quota, bw, window, now).is_err());
+    }
+
+    /// Bytes go to the billing period they were used in: those counted before the period
+    /// ended, whether still pending or held while Redis was unavailable, are added to the old
+    /// period's counter by the flush after the turn; bytes counted after go to the new one.
+    #[tokio::test]
+    async fn bandwidth_is_billed_to_the_period_it_was_used_in() {
+        let down = Limiter::redis(tenantry_limits::RedisOptions {
+            timeout: Duration::from_millis(50),
+            ..tenantry_limits::RedisOptions::new("redis://127.0.0.1:1")
+        })
+        .unwrap();
+        let up = Limiter::local();
+        let metrics = crate::metrics::MetricsRegistry::new(4);
+        let (quotas, _seen) = recorded();
+        let tenant = TenantId::parse("bw-periods").unwrap();
+        let a = quota_admission(Some(1_000_000), OnQuota::Log);
+        // A subscription whose current period ends 1.5 s from now.
+        let anchor = unix_ms() + 1_500;
+        let old = billing_period(Some(anchor), unix_ms());
+        assert_eq!(old.1, anchor);
+        quotas.add_bandwidth(&tenant, Some(anchor), &a, 100);
+        quotas.flush(&down, &metrics).await;
+        quotas.add_bandwidth(&tenant, Some(anchor), &a, 20);
+        assert_eq!(quotas.pending_bandwidth(&tenant), 20);
+        tokio::time::sleep(Duration::from_millis(
+            (anchor + 100).saturating_sub(unix_ms()),
+        ))
+        .await;
+        assert_eq!(
+            quotas.pending_bandwidth(&tenant),
+            0,
+            "of the period that ended"
+        );
+        quotas.add_bandwidth(&tenant, Some(anchor), &a, 7);
+        assert_eq!(quotas.pending_bandwidth(&tenant), 7);
+        quotas.flush(&up, &metrics).await;
+        let new = billing_period(Some(anchor), unix_ms());
+        assert_eq!(new.0, anchor);
+        let bw = QuotaKind::BandwidthMonth;
+        assert_eq!(up.get(&quota_key(&tenant, bw, old.0)).await, 120);
+        assert_eq!(up.get(&quota_key(&tenant, bw, new.0)).await, 7);
+        // The node's view is the new period's.
+        quotas.add_bandwidth(&tenant, Some(anchor), &a, 1);
+        quotas.flush(&up, &metrics).await;
+        assert_eq!(up.get(&quota_key(&tenant, bw, new.0)).await, 8);
+        assert_eq!(up.get(&quota_key(&tenant, bw, old.0)).await, 120);
     }
 
     /// While Redis is unavailable, request counts and bandwidth wait for it instead of being
