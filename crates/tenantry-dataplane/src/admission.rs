@@ -892,10 +892,22 @@ impl Quotas {
     /// flushed to the counters.
     pub fn pending_bandwidth(&self, tenant: &TenantId) -> u64 {
         let now = unix_ms();
-        self.lock()
+        let current = |w: (u64, u64)| w.0 <= now && now < w.1;
+        // The map, then the unsent list: the order `add_bandwidth` takes them in.
+        let map = self.lock();
+        let pending = map
             .get(tenant)
-            .filter(|b| b.pending_window.0 <= now && now < b.pending_window.1)
-            .map_or(0, |b| b.pending)
+            .filter(|b| current(b.pending_window))
+            .map_or(0, |b| b.pending);
+        let held: u64 = self
+            .bandwidth_unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| c.0 == *tenant && current(c.1))
+            .map(|c| c.2)
+            .sum();
+        pending + held
     }
 
     /// Tokens the tenant used in the current minute, and the minute.
@@ -1036,7 +1048,7 @@ mod tests {
         let metrics = crate::metrics::MetricsRegistry::new(4);
         let (quotas, _seen) = recorded();
         let tenant = TenantId::parse("bw-periods").unwrap();
-        let a = quota_admission(Some(1_000_000), OnQuota::Log);
+        let a = quota_admission(Some(100), OnQuota::Log);
         // A subscription whose current period ends 1.5 s from now.
         let anchor = unix_ms() + 1_500;
         let old = billing_period(Some(anchor), unix_ms());
@@ -1044,7 +1056,8 @@ mod tests {
         quotas.add_bandwidth(&tenant, Some(anchor), &a, 100);
         quotas.flush(&down, &metrics).await;
         quotas.add_bandwidth(&tenant, Some(anchor), &a, 20);
-        assert_eq!(quotas.pending_bandwidth(&tenant), 20);
+        // Held through the outage or pending, both are this period's usage.
+        assert_eq!(quotas.pending_bandwidth(&tenant), 120);
         tokio::time::sleep(Duration::from_millis(
             (anchor + 100).saturating_sub(unix_ms()),
         ))
@@ -1062,7 +1075,9 @@ mod tests {
         let bw = QuotaKind::BandwidthMonth;
         assert_eq!(up.get(&quota_key(&tenant, bw, old.0)).await, 120);
         assert_eq!(up.get(&quota_key(&tenant, bw, new.0)).await, 7);
-        // The node's view is the new period's.
+        // The node's view is the new period's: the old one's 120 bytes (over the 100-byte
+        // quota) do not make it spent.
+        assert!(quotas.bandwidth_spent(&tenant, &a).is_none());
         quotas.add_bandwidth(&tenant, Some(anchor), &a, 1);
         quotas.flush(&up, &metrics).await;
         assert_eq!(up.get(&quota_key(&tenant, bw, new.0)).await, 8);
@@ -1264,6 +1279,15 @@ mod tests {
                 assert!(!fields.replaces(other));
             }
         }
+        // A period under a second is announced as one second.
+        let mut got = Vec::new();
+        RateFields::of(
+            &decision(true, 1, 0, 0),
+            &Rate::new(3, Duration::from_millis(500), 2),
+        )
+        .write_h1(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.contains("ratelimit-policy: 3;w=1;burst=2\r\n"), "{got}");
     }
 
     #[test]

@@ -491,6 +491,10 @@ where
             // The framing below decides these.
             continue;
         }
+        if rate.is_some_and(|r| r.replaces(name.as_str().as_bytes())) {
+            // An upstream field moved into the map (LLM routes): the gateway's replaces it.
+            continue;
+        }
         has_date |= name == header::DATE;
         has_connection |= name == header::CONNECTION;
         field(out, name.as_str().as_bytes(), value.as_bytes());

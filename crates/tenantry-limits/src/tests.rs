@@ -231,7 +231,8 @@ async fn lua_batch_with_repeated_keys_matches_sequential_gcra() {
             }
         }
     }
-    // Both outcomes happen: a's bucket (3 left) and b's (2) are overdrawn.
+    // Both outcomes happen: a's bucket (1 left: 150 of 300 ms used, 100 ms each) and b's (2
+    // left) are overdrawn.
     assert!(allowed > 0 && allowed < 12, "{allowed} of 12 allowed");
     for k in [&a, &b] {
         let tat: Option<u64> = redis::cmd("GET")

@@ -273,18 +273,30 @@ async fn framing_origin() -> (
 
 /// A rate-limited route's `RateLimit-*` fields replace the upstream's of the same names, once
 /// each, whichever server writes the response head: the own HTTP/1.1 server, or hyper's (an
-/// HTTP/1.0 request). An allowed response keeps the upstream's `Retry-After`.
+/// HTTP/1.0 request), and on an LLM route too. An allowed response keeps the upstream's
+/// `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_fields_replace_the_upstreams_on_every_writer() {
     let (origin, _) = framing_origin().await;
     let yaml = config(&format!(
-        "  - id: acme\n    plan: enterprise\n    waf: {{ level: \"off\" }}\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 600, burst: 50 }}, backends: [ {{ address: {origin} }} ] }}\n"
+        "  - id: acme\n    plan: enterprise\n    waf: {{ level: \"off\" }}\n    routes:\n      - {{ id: web, host: acme.localhost, ratelimit: {{ requests_per_minute: 600, burst: 50 }}, backends: [ {{ address: {origin} }} ] }}\n      - {{ id: llm, host: llm.acme.localhost, kind: llm, ratelimit: {{ requests_per_minute: 600, burst: 50 }}, backends: [ {{ address: {origin} }} ] }}\n"
     ));
     let t = Tenantry::start(bin(), &yaml).await;
-    for version in ["HTTP/1.1", "HTTP/1.0"] {
-        let req = format!(
-            "GET /ratelimited {version}\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n"
-        );
+    // An LLM route moves the upstream's fields into the response's map (for its usage
+    // scanner): the own server must not write them next to the gateway's.
+    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let llm = format!(
+        "POST /ratelimited HTTP/1.1\r\nHost: llm.acme.localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let plain = |version: &str| {
+        format!("GET /ratelimited {version}\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n")
+    };
+    for (version, req) in [
+        ("HTTP/1.1", plain("HTTP/1.1")),
+        ("HTTP/1.0", plain("HTTP/1.0")),
+        ("HTTP/1.1 on an LLM route", llm),
+    ] {
         let got = raw_request(t.http, req.as_bytes(), std::time::Duration::from_secs(5)).await;
         let lower = got.to_ascii_lowercase();
         assert!(
