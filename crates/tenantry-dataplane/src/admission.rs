@@ -991,6 +991,16 @@ mod tests {
             .collect()
     }
 
+    /// A Redis limiter whose server never answers (nothing listens on port 1): every shared
+    /// addition is `NotSent`.
+    fn unreachable_redis() -> Limiter {
+        Limiter::redis(tenantry_limits::RedisOptions {
+            timeout: Duration::from_millis(50),
+            ..tenantry_limits::RedisOptions::new("redis://127.0.0.1:1")
+        })
+        .unwrap()
+    }
+
     /// An HTTP route's admission with only a bandwidth quota (or none) and `on_quota`.
     fn quota_admission(bandwidth_bytes: Option<u64>, on_quota: OnQuota) -> Admission {
         Admission {
@@ -1039,11 +1049,7 @@ mod tests {
     /// period's counter by the flush after the turn; bytes counted after go to the new one.
     #[tokio::test]
     async fn bandwidth_is_billed_to_the_period_it_was_used_in() {
-        let down = Limiter::redis(tenantry_limits::RedisOptions {
-            timeout: Duration::from_millis(50),
-            ..tenantry_limits::RedisOptions::new("redis://127.0.0.1:1")
-        })
-        .unwrap();
+        let down = unreachable_redis();
         let up = Limiter::local();
         let metrics = crate::metrics::MetricsRegistry::new(4);
         let (quotas, _seen) = recorded();
@@ -1090,11 +1096,7 @@ mod tests {
     /// thresholds crossed are reported once.
     #[tokio::test]
     async fn counts_wait_for_redis_instead_of_splitting_the_total() {
-        let down = Limiter::redis(tenantry_limits::RedisOptions {
-            timeout: Duration::from_millis(50),
-            ..tenantry_limits::RedisOptions::new("redis://127.0.0.1:1")
-        })
-        .unwrap();
+        let down = unreachable_redis();
         let up = Limiter::local();
         let metrics = crate::metrics::MetricsRegistry::new(4);
         let (quotas, seen) = recorded();
