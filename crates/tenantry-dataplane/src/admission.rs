@@ -499,13 +499,59 @@ struct Bandwidth {
     on_quota: OnQuota,
 }
 
-/// Bytes of one tenant and billing period to add to the shared counter: tenant, period, bytes,
-/// the plan's limit, its `on_quota`.
-type BandwidthCount = (TenantId, (u64, u64), u64, u64, OnQuota);
-
 /// How long a billing period's bandwidth counter lives after the period's end (kept for the
 /// record; bytes of that period can be added until then).
 const BANDWIDTH_KEPT_MS: u64 = 7 * 86_400_000;
+
+/// An amount of one quota (requests or bytes) for one tenant and window, to add to the
+/// window's shared counter.
+#[derive(Debug)]
+struct Count {
+    tenant: TenantId,
+    /// The window (minute or billing period) the amount was counted in.
+    window: (u64, u64),
+    amount: u64,
+    /// The plan's limit for the window, and its `on_quota`, for the notices.
+    limit: u64,
+    on_quota: OnQuota,
+}
+
+/// Until when (unix ms) the shared counter of `quota`'s `window` lives: an amount counted in
+/// it can be added until then.
+fn counter_lives_until(quota: QuotaKind, window: (u64, u64)) -> u64 {
+    match quota {
+        QuotaKind::BandwidthMonth => window.1 + BANDWIDTH_KEPT_MS,
+        QuotaKind::RequestsPerMinute | QuotaKind::TokensPerMinute => window.0 + COUNTER_LIFE_MS,
+    }
+}
+
+/// The expiry an addition gives the shared counter of `quota`'s `window` when it creates it.
+fn counter_ttl(quota: QuotaKind, window: (u64, u64), now: u64) -> Duration {
+    Duration::from_millis(match quota {
+        // Kept a week past the period's end, for the record.
+        QuotaKind::BandwidthMonth => window.1.saturating_sub(now) + BANDWIDTH_KEPT_MS,
+        QuotaKind::RequestsPerMinute | QuotaKind::TokensPerMinute => COUNTER_LIFE_MS,
+    })
+}
+
+/// Puts `c` on a list of counts waiting for a later flush.
+fn set_aside(list: &Mutex<Vec<Count>>, c: Count) {
+    list.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+}
+
+/// Takes the counts waiting on `list` whose counters still live; the others are dropped, with
+/// a warning.
+fn take_live(list: &Mutex<Vec<Count>>, quota: QuotaKind, now: u64) -> Vec<Count> {
+    let mut counts = std::mem::take(&mut *list.lock().unwrap_or_else(|p| p.into_inner()));
+    counts.retain(|c| {
+        let live = counter_lives_until(quota, c.window) > now;
+        if !live {
+            tracing::warn!(tenant = %c.tenant, quota = quota.as_str(), amount = c.amount, window_start = c.window.0, "a count whose counter has expired was dropped");
+        }
+        live
+    });
+    counts
+}
 
 /// A tenant's requests counted against its plan's `requests_per_minute`, waiting for the next
 /// flush.
@@ -518,10 +564,6 @@ struct Requests {
     on_quota: OnQuota,
 }
 
-/// Requests of one tenant and minute to add to the shared counter: tenant, minute start,
-/// count, the plan's limit, its `on_quota`.
-type RequestCount = (TenantId, u64, u64, u64, OnQuota);
-
 /// Quota accounting shared by the workers: pending bandwidth per tenant, this node's view of
 /// the shared totals, and the event sink.
 #[derive(Default)]
@@ -533,11 +575,11 @@ pub struct Quotas {
     /// Request counts of earlier minutes not added yet: a minute that turned before a flush
     /// took its count, or an addition Redis was not reached for. The next flush adds them
     /// while their minute's counter lives.
-    requests_unsent: Mutex<Vec<RequestCount>>,
+    requests_unsent: Mutex<Vec<Count>>,
     /// Bandwidth of earlier billing periods not added yet: bytes counted before a period
     /// turned and not flushed by then, or an addition Redis was not reached for. Each goes to
     /// its own period's counter, not to the period current when it is flushed.
-    bandwidth_unsent: Mutex<Vec<BandwidthCount>>,
+    bandwidth_unsent: Mutex<Vec<Count>>,
     sink: OnceLock<QuotaSink>,
 }
 
@@ -610,17 +652,14 @@ impl Quotas {
                 let (start, end) = b.pending_window;
                 if !(start <= now && now < end) || b.anchor != anchor {
                     if b.pending > 0 {
-                        let earlier = (
-                            tenant.clone(),
-                            b.pending_window,
-                            std::mem::take(&mut b.pending),
-                            b.limit,
-                            b.on_quota,
-                        );
-                        self.bandwidth_unsent
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(earlier);
+                        let earlier = Count {
+                            tenant: tenant.clone(),
+                            window: b.pending_window,
+                            amount: std::mem::take(&mut b.pending),
+                            limit: b.limit,
+                            on_quota: b.on_quota,
+                        };
+                        set_aside(&self.bandwidth_unsent, earlier);
                     }
                     b.pending_window = billing_period(anchor, now);
                 }
@@ -653,85 +692,99 @@ impl Quotas {
     pub async fn flush(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
         self.flush_requests(limiter, metrics).await;
         let now = unix_ms();
-        let batch: Vec<BandwidthCount> = {
-            let mut batch = std::mem::take(
-                &mut *self
-                    .bandwidth_unsent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            batch.retain(|c| {
-                let live = c.1.1 + BANDWIDTH_KEPT_MS > now;
-                if !live {
-                    tracing::warn!(tenant = %c.0, bytes = c.2, period_start = c.1.0, "bandwidth of a period whose counter has expired dropped");
-                }
-                live
-            });
+        let bw = QuotaKind::BandwidthMonth;
+        let batch = {
+            let mut batch = take_live(&self.bandwidth_unsent, bw, now);
             let mut map = self.lock();
             // Tenants idle for a whole period are forgotten.
             map.retain(|_, b| b.pending > 0 || b.window.1 > now);
             for (t, b) in map.iter_mut() {
                 if b.pending > 0 {
-                    let n = std::mem::take(&mut b.pending);
-                    batch.push((t.clone(), b.pending_window, n, b.limit, b.on_quota));
+                    batch.push(Count {
+                        tenant: t.clone(),
+                        window: b.pending_window,
+                        amount: std::mem::take(&mut b.pending),
+                        limit: b.limit,
+                        on_quota: b.on_quota,
+                    });
                 }
             }
             batch
         };
-        let mut unsent: Vec<BandwidthCount> = Vec::new();
-        for (tenant, window, pending, limit, on_quota) in batch {
-            let key = quota_key(&tenant, QuotaKind::BandwidthMonth, window.0);
-            // Kept a week past the period's end, for the record.
-            let ttl = Duration::from_millis(window.1.saturating_sub(now) + BANDWIDTH_KEPT_MS);
-            let total = match limiter.add_shared(&key, pending, ttl).await {
-                Ok(total) => total,
-                Err(SharedAddError::NotSent) => {
-                    // Redis is unavailable: the bytes wait for the next flush rather than
-                    // start a per-node total that the shared one would never see (billing
-                    // would lose them); merged with what else waits for the same period.
-                    match unsent
-                        .iter_mut()
-                        .find(|u: &&mut BandwidthCount| u.0 == tenant && u.1 == window)
-                    {
-                        Some(u) => u.2 += pending,
-                        None => unsent.push((tenant, window, pending, limit, on_quota)),
-                    }
-                    continue;
-                }
-                Err(SharedAddError::Unknown) => {
-                    // It may have been added: sending it again could bill it twice.
-                    tracing::warn!(tenant = %tenant, bytes = pending, "bandwidth addition unconfirmed by redis; not resent");
-                    continue;
-                }
-            };
-            self.report_crossed(
-                metrics,
-                pending,
-                QuotaEvent {
-                    tenant: tenant.clone(),
-                    quota: QuotaKind::BandwidthMonth,
-                    percent: 0,
-                    used: total,
-                    limit,
-                    window,
-                    on_quota,
-                },
-            );
+        let added = self
+            .add_counts(limiter, metrics, bw, &self.bandwidth_unsent, batch, now)
+            .await;
+        let mut map = self.lock();
+        for (tenant, window, total) in added {
             // The node's view follows the latest period (a late addition to an ended one
             // does not take it back).
-            if let Some(b) = self.lock().get_mut(&tenant)
+            if let Some(b) = map.get_mut(&tenant)
                 && window.0 >= b.window.0
             {
                 b.used = total;
                 b.window = window;
             }
         }
-        if !unsent.is_empty() {
-            self.bandwidth_unsent
+    }
+
+    /// Adds each count to its window's shared counter of `quota` and reports the thresholds
+    /// the addition crossed. A count Redis was not reached for goes back on `unsent` (merged
+    /// per tenant and window) for a later flush, instead of starting a per-node total the
+    /// shared one would never see; one Redis received without confirming is logged and not
+    /// sent again (it may have been added: never twice). Gives back each added count's tenant,
+    /// window and new total.
+    async fn add_counts(
+        &self,
+        limiter: &Limiter,
+        metrics: &crate::metrics::MetricsRegistry,
+        quota: QuotaKind,
+        unsent: &Mutex<Vec<Count>>,
+        batch: Vec<Count>,
+        now: u64,
+    ) -> Vec<(TenantId, (u64, u64), u64)> {
+        let mut added = Vec::with_capacity(batch.len());
+        let mut waiting: Vec<Count> = Vec::new();
+        for c in batch {
+            let key = quota_key(&c.tenant, quota, c.window.0);
+            let ttl = counter_ttl(quota, c.window, now);
+            match limiter.add_shared(&key, c.amount, ttl).await {
+                Ok(total) => {
+                    self.report_crossed(
+                        metrics,
+                        c.amount,
+                        QuotaEvent {
+                            tenant: c.tenant.clone(),
+                            quota,
+                            percent: 0,
+                            used: total,
+                            limit: c.limit,
+                            window: c.window,
+                            on_quota: c.on_quota,
+                        },
+                    );
+                    added.push((c.tenant, c.window, total));
+                }
+                Err(SharedAddError::NotSent) => {
+                    match waiting
+                        .iter_mut()
+                        .find(|w| w.tenant == c.tenant && w.window == c.window)
+                    {
+                        Some(w) => w.amount += c.amount,
+                        None => waiting.push(c),
+                    }
+                }
+                Err(SharedAddError::Unknown) => {
+                    tracing::warn!(tenant = %c.tenant, quota = quota.as_str(), amount = c.amount, "quota addition unconfirmed by redis; not resent");
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            unsent
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .extend(unsent);
+                .extend(waiting);
         }
+        added
     }
 
     /// Adds an LLM response's tokens to the tenant's counter of the current minute and
@@ -750,9 +803,11 @@ impl Quotas {
         if tokens == 0 {
             return;
         }
-        let window = minute_window(unix_ms());
+        let now = unix_ms();
+        let window = minute_window(now);
         let key = quota_key(tenant, QuotaKind::TokensPerMinute, window.0);
-        let total = limiter.add(&key, tokens, Duration::from_secs(120)).await;
+        let ttl = counter_ttl(QuotaKind::TokensPerMinute, window, now);
+        let total = limiter.add(&key, tokens, ttl).await;
         self.report_crossed(
             metrics,
             tokens,
@@ -792,10 +847,14 @@ impl Quotas {
             if r.minute != minute {
                 if r.pending > 0 {
                     // The minute turned before a flush took its count.
-                    self.requests_unsent
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((tenant.clone(), r.minute, r.pending, r.limit, r.on_quota));
+                    let earlier = Count {
+                        tenant: tenant.clone(),
+                        window: minute_window(r.minute),
+                        amount: r.pending,
+                        limit: r.limit,
+                        on_quota: r.on_quota,
+                    };
+                    set_aside(&self.requests_unsent, earlier);
                 }
                 r.minute = minute;
                 r.pending = 0;
@@ -824,68 +883,27 @@ impl Quotas {
     /// never judged on this node's share alone.
     async fn flush_requests(&self, limiter: &Limiter, metrics: &crate::metrics::MetricsRegistry) {
         let now = unix_ms();
-        let batch: Vec<RequestCount> = {
-            let mut batch = std::mem::take(
-                &mut *self
-                    .requests_unsent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            batch.retain(|c| c.1 + COUNTER_LIFE_MS > now);
+        let rpm = QuotaKind::RequestsPerMinute;
+        let batch = {
+            let mut batch = take_live(&self.requests_unsent, rpm, now);
             let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
             // Tenants without a request for two minutes are forgotten.
             map.retain(|_, r| r.pending > 0 || r.minute + 120_000 > now);
             for (t, r) in map.iter_mut() {
                 if r.pending > 0 {
-                    let n = std::mem::take(&mut r.pending);
-                    batch.push((t.clone(), r.minute, n, r.limit, r.on_quota));
+                    batch.push(Count {
+                        tenant: t.clone(),
+                        window: minute_window(r.minute),
+                        amount: std::mem::take(&mut r.pending),
+                        limit: r.limit,
+                        on_quota: r.on_quota,
+                    });
                 }
             }
             batch
         };
-        let mut unsent = Vec::new();
-        for (tenant, minute, n, limit, on_quota) in batch {
-            let key = quota_key(&tenant, QuotaKind::RequestsPerMinute, minute);
-            let life = Duration::from_millis(COUNTER_LIFE_MS);
-            let total = match limiter.add_shared(&key, n, life).await {
-                Ok(total) => total,
-                Err(SharedAddError::NotSent) => {
-                    // Merged with what else waits for the same minute: one addition later.
-                    match unsent
-                        .iter_mut()
-                        .find(|u: &&mut RequestCount| u.0 == tenant && u.1 == minute)
-                    {
-                        Some(u) => u.2 += n,
-                        None => unsent.push((tenant, minute, n, limit, on_quota)),
-                    }
-                    continue;
-                }
-                Err(SharedAddError::Unknown) => {
-                    // It may have been added: sending it again could count it twice.
-                    tracing::warn!(tenant = %tenant, requests = n, "request count unconfirmed by redis; not resent");
-                    continue;
-                }
-            };
-            self.report_crossed(
-                metrics,
-                n,
-                QuotaEvent {
-                    tenant,
-                    quota: QuotaKind::RequestsPerMinute,
-                    percent: 0,
-                    used: total,
-                    limit,
-                    window: (minute, minute + 60_000),
-                    on_quota,
-                },
-            );
-        }
-        if !unsent.is_empty() {
-            self.requests_unsent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(unsent);
-        }
+        self.add_counts(limiter, metrics, rpm, &self.requests_unsent, batch, now)
+            .await;
     }
 
     /// Bytes counted on this node for the tenant in the current billing period but not yet
@@ -904,8 +922,8 @@ impl Quotas {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|c| c.0 == *tenant && current(c.1))
-            .map(|c| c.2)
+            .filter(|c| c.tenant == *tenant && current(c.window))
+            .map(|c| c.amount)
             .sum();
         pending + held
     }

@@ -398,11 +398,14 @@ fn build(
     })
 }
 
+/// The tokens of a comma-separated field value, trimmed.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&c| c == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Whether a comma-separated field value lists `token` (ASCII case-insensitive).
 pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&c| c == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// How a response body is framed on the wire.

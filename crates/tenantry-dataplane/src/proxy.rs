@@ -37,7 +37,7 @@ use crate::deadline::{self, Deadline};
 use crate::errors::ErrorCode;
 use crate::forward::Forwarding;
 use crate::gateway::Gateway;
-use crate::h1server::has_token;
+use crate::h1server::{has_token, tokens};
 use crate::lb::select_backend;
 use crate::llm::{self, UsageScanner};
 use crate::metrics::{Refused, WafOutcome};
@@ -837,11 +837,7 @@ fn request_filter<B>(req: &Request<B>, hosts: Hosts<'_>) -> Result<(), ErrorCode
         .headers()
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        });
+        .any(|v| tokens(v.as_bytes()).any(|t| !t.eq_ignore_ascii_case(b"chunked")));
     if other_coding {
         return Err(ErrorCode::NotImplemented);
     }

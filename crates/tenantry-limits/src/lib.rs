@@ -590,9 +590,14 @@ impl Limiter {
     /// expiry. On a Redis error the error is counted and the amount is added to the local
     /// counter instead, whose total is returned: this never fails.
     pub async fn add(&self, key: &str, amount: u64, ttl: Duration) -> u64 {
-        if let Ok(total) = self.add_shared(key, amount, ttl).await {
-            return total;
+        match self.add_shared(key, amount, ttl).await {
+            Ok(total) => total,
+            Err(_) => self.add_local(key, amount, ttl),
         }
+    }
+
+    /// Adds `amount` to the in-process counter `key` (created with `ttl`) and returns its total.
+    fn add_local(&self, key: &str, amount: u64, ttl: Duration) -> u64 {
         let inner = &*self.inner;
         let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         inner.local.add(key, amount, ttl_ns, inner.clock.now_ns())
@@ -616,8 +621,7 @@ impl Limiter {
     ) -> Result<u64, SharedAddError> {
         let inner = &*self.inner;
         let Some(backend) = inner.redis.as_ref() else {
-            let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-            return Ok(inner.local.add(key, amount, ttl_ns, inner.clock.now_ns()));
+            return Ok(self.add_local(key, amount, ttl));
         };
         let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
         let ttl_ms = u64::try_from(ttl.as_millis())
